@@ -1,0 +1,277 @@
+"""The index artifact format: the contract between the index builder and the query function.
+
+An index lives under ``indexes/<index_id>/`` in the store and never changes once published:
+
+    vectors.f32        float32 little-endian, C order, shape (chunks, dim), each row L2-normalised
+    docstore.jsonl     one JSON record per chunk: {"id", "doc_id", "text", "metadata"}
+    docstore.offsets   uint64 little-endian, chunks + 1 byte offsets into docstore.jsonl
+    columns.json       {metadata key: [distinct scalar values]} for the keys filters can use
+    columns.i32        int32 little-endian, shape (keys, chunks): index into that key's values, -1 absent
+    hashes.bin         16 bytes a chunk: blake2b of (embedding model, embedded text), for reuse
+    manifest.json      written last; sizes and sha256 of every file above, the embedding model and
+                       a probe (a fixed text and its vector) that proves the serving model matches
+
+Loading memory-maps every file, so it costs the same at any size; a chunk's text and metadata are
+parsed only when it is a hit. ``FORMAT_VERSION`` changes whenever a reader of the old version
+would misread the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import IntegrityError, UnsupportedFormat
+
+__all__ = [
+    "DATA_FILES",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "PROBE_TEXT",
+    "Artifact",
+    "ChunkingSpec",
+    "Counts",
+    "EmbeddingSpec",
+    "FileEntry",
+    "Manifest",
+    "NodeRecord",
+    "Probe",
+    "content_hash",
+    "parse_manifest",
+    "verify_file",
+    "write_artifact",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA_FILES = (
+    "vectors.f32",
+    "docstore.jsonl",
+    "docstore.offsets",
+    "columns.json",
+    "columns.i32",
+    "hashes.bin",
+)
+PROBE_TEXT = (
+    "knative-rag embedding probe: the quick brown fox answers questions about serverless "
+    "retrieval over versioned indexes."
+)
+_HASH_BYTES = 16
+_SCALARS = (str, int, float, bool)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddingSpec(_Model):
+    """Which model made the vectors."""
+
+    provider: str
+    model: str
+    dim: int
+    normalized: bool = True
+
+
+class ChunkingSpec(_Model):
+    """How documents were cut into chunks."""
+
+    splitter: str = "SentenceSplitter"
+    chunk_size: int
+    chunk_overlap: int
+
+
+class Counts(_Model):
+    """What the build did."""
+
+    documents: int
+    chunks: int
+    embedded: int
+    reused: int
+
+
+class FileEntry(_Model):
+    """Size and sha256 of one data file."""
+
+    size: int
+    sha256: str
+
+
+class Probe(_Model):
+    """A fixed text and its embedding at build time."""
+
+    text: str
+    vector: list[float]
+
+
+class Manifest(_Model):
+    """The manifest of one index: everything needed to verify and load it."""
+
+    format_version: int
+    index_id: str
+    created_at: datetime
+    builder_version: str
+    embedding: EmbeddingSpec
+    chunking: ChunkingSpec
+    counts: Counts
+    files: dict[str, FileEntry]
+    probe: Probe
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One chunk's text, ids and metadata, as stored."""
+
+    id: str
+    doc_id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def content_hash(model_key: str, text: str) -> bytes:
+    """Identify an embedding by the model that made it and the exact text it embeds."""
+    return hashlib.blake2b(f"{model_key}\0{text}".encode(), digest_size=_HASH_BYTES).digest()
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse manifest bytes, refusing unknown format versions before anything else."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormat(
+            f"index format version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise IntegrityError(f"manifest is invalid: {exc.error_count()} error(s)") from exc
+    missing = set(DATA_FILES) - set(manifest.files)
+    if missing:
+        raise IntegrityError(f"manifest lists no entry for {', '.join(sorted(missing))}")
+    return manifest
+
+
+def verify_file(name: str, entry: FileEntry, sha256: str, size: int) -> None:
+    """Refuse a file whose size or sha256 differs from its manifest entry."""
+    if size != entry.size:
+        raise IntegrityError(f"{name}: {size} bytes, manifest says {entry.size} (truncated?)")
+    if sha256 != entry.sha256:
+        raise IntegrityError(f"{name}: sha256 {sha256[:12]}… does not match the manifest")
+
+
+def _columns(records: Sequence[NodeRecord]) -> tuple[dict[str, list[Any]], npt.NDArray[np.int32]]:
+    values: dict[str, dict[Any, int]] = {}
+    for record in records:
+        for key, value in record.metadata.items():
+            if isinstance(value, _SCALARS):
+                values.setdefault(key, {}).setdefault(value, len(values[key]))
+    keys = sorted(values)
+    codes = np.full((len(keys), len(records)), -1, dtype="<i4")
+    for k, key in enumerate(keys):
+        lookup = values[key]
+        for row, record in enumerate(records):
+            value = record.metadata.get(key)
+            if isinstance(value, _SCALARS):
+                codes[k, row] = lookup[value]
+    return {key: list(values[key]) for key in keys}, codes
+
+
+def write_artifact(
+    out_dir: Path,
+    *,
+    vectors: npt.NDArray[np.float32],
+    records: Sequence[NodeRecord],
+    hashes: Sequence[bytes],
+    embedding: EmbeddingSpec,
+    chunking: ChunkingSpec,
+    counts: Counts,
+    probe: Probe,
+    created_at: datetime,
+    builder_version: str,
+) -> Manifest:
+    """Write an artifact's data files, then its manifest; returns the manifest."""
+    if vectors.shape != (len(records), embedding.dim) or len(hashes) != len(records):
+        raise ValueError("vectors, records and hashes must be row-aligned")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.ascontiguousarray(vectors, dtype="<f4").tofile(out_dir / "vectors.f32")
+    offsets = np.zeros(len(records) + 1, dtype="<u8")
+    with (out_dir / "docstore.jsonl").open("wb") as handle:
+        for row, record in enumerate(records):
+            line = json.dumps(
+                {"id": record.id, "doc_id": record.doc_id, "text": record.text, "metadata": record.metadata},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            ).encode()
+            handle.write(line + b"\n")
+            offsets[row + 1] = offsets[row] + len(line) + 1
+    offsets.tofile(out_dir / "docstore.offsets")
+    values, codes = _columns(records)
+    (out_dir / "columns.json").write_text(json.dumps(values, ensure_ascii=False))
+    codes.tofile(out_dir / "columns.i32")
+    (out_dir / "hashes.bin").write_bytes(b"".join(hashes))
+
+    files = {}
+    for name in DATA_FILES:
+        data = (out_dir / name).read_bytes()
+        files[name] = FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    fingerprint = hashlib.sha256(
+        json.dumps([embedding.model_dump(), {n: f.sha256 for n, f in files.items()}]).encode()
+    ).hexdigest()
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        index_id=f"{created_at:%Y%m%d-%H%M%S}-{fingerprint[:8]}",
+        created_at=created_at,
+        builder_version=builder_version,
+        embedding=embedding,
+        chunking=chunking,
+        counts=counts,
+        files=files,
+        probe=probe,
+    )
+    (out_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return manifest
+
+
+class Artifact:
+    """A verified artifact's files, memory-mapped; text and metadata are parsed per hit."""
+
+    def __init__(self, manifest: Manifest, paths: dict[str, Path]) -> None:
+        self.manifest = manifest
+        n, dim = manifest.counts.chunks, manifest.embedding.dim
+        self.vectors: npt.NDArray[np.float32] = _map(paths["vectors.f32"], "<f4", (n, dim))
+        self._offsets: npt.NDArray[np.uint64] = _map(paths["docstore.offsets"], "<u8", (n + 1,))
+        self._docstore: npt.NDArray[np.uint8] = _map(paths["docstore.jsonl"], "u1", (-1,))
+        self.columns: dict[str, list[Any]] = json.loads(paths["columns.json"].read_bytes())
+        self.codes: npt.NDArray[np.int32] = _map(paths["columns.i32"], "<i4", (len(self.columns), n))
+        self.hashes: npt.NDArray[np.void] = _map(paths["hashes.bin"], f"V{_HASH_BYTES}", (n,))
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def record(self, row: int) -> NodeRecord:
+        """Parse one chunk's record."""
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        raw = json.loads(self._docstore[start:end].tobytes())
+        return NodeRecord(raw["id"], raw["doc_id"], raw["text"], raw["metadata"])
+
+
+def _map(path: Path, dtype: str, shape: tuple[int, ...]) -> Any:
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize if shape != (-1,) else None
+    size = path.stat().st_size
+    if expected is not None and size != expected:
+        raise IntegrityError(f"{path.name}: {size} bytes, expected {expected} for shape {shape}")
+    if size == 0:
+        return np.zeros(shape if shape != (-1,) else (0,), dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=None if shape == (-1,) else shape)

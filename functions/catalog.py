@@ -1,0 +1,123 @@
+"""The store's layout: where indexes and channels live, and how a name becomes a verified index.
+
+    indexes/<index_id>/<file>    immutable artifact files (``artifact`` owns their format)
+    indexes/<index_id>/manifest.json   written last, with If-None-Match: its presence publishes
+    channels/<name>.json         {index_id, manifest_sha256, published_at}, moved only by CAS
+
+A reader that follows a channel checks that the manifest it fetched hashes to the pointer's
+``manifest_sha256``; every data file is checked against the manifest before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from .artifact import DATA_FILES, MANIFEST, Artifact, Manifest, parse_manifest, verify_file
+from .errors import ConfigurationError, IntegrityError, ObjectNotFound
+from .storage import Store
+
+__all__ = [
+    "Pointer",
+    "channel_key",
+    "fetch_artifact",
+    "index_key",
+    "is_index_id",
+    "move_channel",
+    "read_channel",
+    "read_manifest",
+]
+
+_INDEX_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+_CHANNEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+
+
+class Pointer(BaseModel):
+    """A channel's content: which index it names, and the sha256 of that index's manifest."""
+
+    index_id: str
+    manifest_sha256: str
+    published_at: datetime
+
+
+def is_index_id(name: str) -> bool:
+    """Index ids look like ``20261127-081500-3f2a9c1d``; anything else names a channel."""
+    return bool(_INDEX_ID.match(name))
+
+
+def index_key(index_id: str, name: str = MANIFEST) -> str:
+    """The key of one file of an index."""
+    if not is_index_id(index_id):
+        raise ConfigurationError(f"{index_id!r} is not an index id")
+    return f"indexes/{index_id}/{name}"
+
+
+def channel_key(name: str) -> str:
+    """The key of a channel pointer."""
+    if not _CHANNEL.match(name):
+        raise ConfigurationError(f"{name!r} is not a valid channel name (lowercase, digits, . _ -)")
+    return f"channels/{name}.json"
+
+
+def read_channel(store: Store, name: str) -> tuple[Pointer, str]:
+    """The pointer and its ETag; ``ObjectNotFound`` if the channel was never published."""
+    versioned = store.get(channel_key(name))
+    try:
+        return Pointer.model_validate_json(versioned.data), versioned.etag
+    except ValidationError as exc:
+        raise IntegrityError(f"channel {name!r} holds an invalid pointer") from exc
+
+
+def move_channel(store: Store, name: str, pointer: Pointer, *, expected_etag: str | None) -> str:
+    """Compare-and-swap: write the pointer only if the channel is still at ``expected_etag``.
+
+    ``None`` means the channel must not exist yet. Raises ``WriteConflict`` when it moved.
+    """
+    data = pointer.model_dump_json().encode()
+    if expected_etag is None:
+        return store.put(channel_key(name), data, if_none_match=True)
+    return store.put(channel_key(name), data, if_match=expected_etag)
+
+
+def read_manifest(store: Store, name: str) -> Manifest:
+    """Resolve a channel name or an index id to its manifest, checked against the pointer."""
+    if is_index_id(name):
+        manifest = parse_manifest(store.get(index_key(name)).data)
+        expected = name
+    else:
+        pointer, _ = read_channel(store, name)
+        data = store.get(index_key(pointer.index_id)).data
+        if hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
+            raise IntegrityError(f"manifest of {pointer.index_id} does not match channel {name!r}")
+        manifest = parse_manifest(data)
+        expected = pointer.index_id
+    if manifest.index_id != expected:
+        raise IntegrityError(f"manifest under {expected} names index {manifest.index_id}")
+    return manifest
+
+
+def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifact:
+    """Download (or open in place) every data file, verify it, and map the artifact.
+
+    Nothing is returned unless every file matches its manifest entry; a failed fetch leaves no
+    partial folder behind.
+    """
+    dest = cache_dir / manifest.index_id
+    paths = {}
+    try:
+        for name in DATA_FILES:
+            try:
+                fetched = store.fetch(index_key(manifest.index_id, name), dest / name)
+            except ObjectNotFound as exc:
+                raise IntegrityError(f"{manifest.index_id}: {name} is missing from the store") from exc
+            verify_file(name, manifest.files[name], fetched.sha256, fetched.size)
+            paths[name] = fetched.path
+        return Artifact(manifest, paths)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise

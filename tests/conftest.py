@@ -1,0 +1,112 @@
+"""Shared fixtures: moto's S3 server and the Ollama double on loopback, corpora, settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from functions.settings import Settings
+
+from .ollama_double import OllamaDouble
+from .servers import serve
+
+# Tests never reach a real AWS account or a developer's ~/.aws.
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+}.items():
+    os.environ[_name] = _value
+for _name in [name for name in os.environ if name.startswith("RAG_")] + ["AWS_PROFILE", "OLLAMA_HOST"]:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP on a free loopback port; boto3 finds it through the env."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = url
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_endpoint: str) -> str:
+    """A fresh bucket; returns ``s3://<bucket>/rag``."""
+    bucket = f"rag-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/rag"
+
+
+@dataclass
+class Ollama:
+    """The running double and its URL."""
+
+    double: OllamaDouble
+    url: str
+
+
+@pytest.fixture(scope="session")
+def _ollama_server() -> Iterator[Ollama]:
+    double = OllamaDouble()
+    with serve(double.app) as url:
+        yield Ollama(double, url)
+
+
+@pytest.fixture
+def ollama(_ollama_server: Ollama) -> Ollama:
+    """The Ollama double, reset for this test."""
+    double = _ollama_server.double
+    double.latency_s = 0.0
+    double.fail_embed = False
+    double.embedded.clear()
+    double.chats.clear()
+    return _ollama_server
+
+
+def write_corpus(root: Path, documents: int = 6, paragraphs: int = 3) -> Path:
+    """A small corpus of Markdown files with distinct, deterministic text."""
+    root.mkdir(parents=True, exist_ok=True)
+    topics = ["rivers", "volcanoes", "glaciers", "deserts", "forests", "reefs", "tundra", "canyons"]
+    for d in range(documents):
+        topic = topics[d % len(topics)]
+        body = [f"# Notes on {topic} {d}"]
+        for p in range(paragraphs):
+            body.append(
+                f"Paragraph {p} about {topic} number {d}. "
+                + " ".join(f"The {topic} fact {d}-{p}-{s} is recorded here." for s in range(12))
+            )
+        (root / f"doc-{d}.md").write_text("\n\n".join(body) + "\n")
+    return root
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A folder of six Markdown documents."""
+    return write_corpus(tmp_path / "corpus")
+
+
+def settings_for(store_uri: str, ollama: Ollama, tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a function that reads ``store_uri`` and talks to the double."""
+    values: dict[str, object] = {
+        "store_uri": store_uri,
+        "index": "stable",
+        "cache_dir": tmp_path / "cache",
+        "embed_provider": "ollama",
+        "llm_provider": "ollama",
+        "OLLAMA_HOST": ollama.url,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,127 @@
+"""A protocol-level double of the Ollama HTTP API, served over real HTTP. It is not Ollama.
+
+It speaks the endpoints the LlamaIndex Ollama integrations call — ``POST /api/embed``,
+``POST /api/chat`` (NDJSON streaming or one JSON object), ``POST /api/show`` — plus
+``GET /api/tags``. Embeddings are deterministic pseudo-random unit vectors seeded by
+(model, text): the same text always embeds the same way, two models never agree, and nothing is
+semantic. Chat answers are built from the request so tests can see what context was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+class OllamaDouble:
+    """State and behaviour of the double: models it knows, their dimension, latency, call log."""
+
+    def __init__(self, models: dict[str, int] | None = None, chat_models: tuple[str, ...] = ("llama3.2",)) -> None:
+        self.models = dict(models or {"nomic-embed-text": 64, "other-embed": 64, "wide-embed": 96})
+        self.chat_models = chat_models
+        self.latency_s = 0.0
+        self.fail_embed = False
+        self.embedded: list[str] = []
+        self.chats: list[dict[str, Any]] = []
+        self.shows = 0
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/api/embed", self.embed, methods=["POST"]),
+                Route("/api/chat", self.chat, methods=["POST"]),
+                Route("/api/show", self.show, methods=["POST"]),
+                Route("/api/tags", self.tags, methods=["GET"]),
+            ]
+        )
+
+    def vector(self, model: str, text: str) -> list[float]:
+        """The double's embedding of ``text`` by ``model``."""
+        seed = int.from_bytes(hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=8).digest(), "little")
+        vector = np.random.default_rng(seed).standard_normal(self.models[model])
+        return [float(x) for x in vector / np.linalg.norm(vector)]
+
+    async def embed(self, request: Request) -> Response:
+        body = await request.json()
+        model = body.get("model", "")
+        if model not in self.models:
+            return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
+        if self.fail_embed:
+            return JSONResponse({"error": "the double was told to fail"}, status_code=500)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        with self._lock:
+            self.embedded.extend(inputs)
+        return JSONResponse(
+            {
+                "model": model,
+                "embeddings": [self.vector(model, text) for text in inputs],
+                "total_duration": 1000,
+                "load_duration": 10,
+                "prompt_eval_count": sum(len(text.split()) for text in inputs),
+            }
+        )
+
+    def answer(self, messages: list[dict[str, Any]]) -> str:
+        """A deterministic answer that shows which context the caller sent."""
+        prompt = messages[-1].get("content", "") if messages else ""
+        return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {prompt.splitlines()[-1][:80] if prompt else ''}"
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        model = body.get("model", "")
+        if model not in self.chat_models:
+            return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
+        with self._lock:
+            self.chats.append(body)
+        text = self.answer(body.get("messages", []))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        done = {
+            "model": model,
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": 1000,
+            "prompt_eval_count": 10,
+            "eval_count": len(text.split()),
+        }
+        if not body.get("stream", True):
+            return JSONResponse({**done, "message": {"role": "assistant", "content": text}})
+
+        async def lines() -> AsyncIterator[bytes]:
+            for word in text.split(" "):
+                message = {"role": "assistant", "content": word + " "}
+                yield json.dumps({"model": model, "created_at": done["created_at"], "message": message, "done": False}).encode() + b"\n"
+            yield json.dumps(done).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def show(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self.shows += 1
+        model = body.get("model") or body.get("name", "")
+        if model not in self.chat_models and model not in self.models:
+            return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
+        return JSONResponse(
+            {"modelfile": "", "parameters": "", "template": "", "details": {"family": "double"},
+             "model_info": {"general.architecture": "double", "double.context_length": 4096},
+             "capabilities": ["completion"], "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        )
+
+    async def tags(self, request: Request) -> Response:
+        names = [*self.models, *self.chat_models]
+        return JSONResponse({"models": [{"name": name, "model": name} for name in names]})

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from functions.errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflict
+from functions.storage import LocalStore, S3Store, Store, open_store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "local":
+        return open_store(str(tmp_path / "store"))
+    return open_store(request.getfixturevalue("s3_uri"))
+
+
+def test_put_get_round_trip(store: Store) -> None:
+    etag = store.put("channels/a.json", b'{"x": 1}')
+    got = store.get("channels/a.json")
+    assert (got.data, got.etag) == (b'{"x": 1}', etag)
+
+
+def test_get_missing_is_not_found(store: Store) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.get("channels/absent.json")
+
+
+def test_if_none_match_refuses_existing_key(store: Store) -> None:
+    store.put("k", b"first", if_none_match=True)
+    with pytest.raises(WriteConflict):
+        store.put("k", b"second", if_none_match=True)
+    assert store.get("k").data == b"first"
+
+
+def test_stale_etag_is_refused(store: Store) -> None:
+    first = store.put("k", b"v1")
+    second = store.put("k", b"v2", if_match=first)
+    with pytest.raises(WriteConflict):
+        store.put("k", b"v3", if_match=first)
+    assert store.get("k") == store.get("k")
+    assert (store.get("k").data, store.get("k").etag) == (b"v2", second)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["first-publish", "move"])
+def test_racing_conditional_writers_exactly_one_wins(store: Store, existing: bool) -> None:
+    etag = store.put("channels/stable.json", b"v0") if existing else None
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def write(n: int) -> None:
+        barrier.wait()
+        try:
+            if etag is None:
+                store.put("channels/stable.json", f"w{n}".encode(), if_none_match=True)
+            else:
+                store.put("channels/stable.json", f"w{n}".encode(), if_match=etag)
+            outcomes.append(f"w{n}")
+        except WriteConflict:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [o for o in outcomes if o != "lost"]
+    assert len(winners) == 1
+    assert store.get("channels/stable.json").data == winners[0].encode()
+
+
+def test_upload_fetch_hashes_while_streaming(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 40_000
+    source.write_bytes(data)
+    store.upload("indexes/x/blob.bin", source)
+    fetched = store.fetch("indexes/x/blob.bin", tmp_path / "cache" / "blob.bin")
+    assert (fetched.sha256, fetched.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert fetched.path.read_bytes() == data
+
+
+def test_fetch_missing_is_not_found(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.fetch("indexes/x/none.bin", tmp_path / "none.bin")
+    assert not (tmp_path / "none.bin").exists()
+
+
+def test_list_and_delete(store: Store) -> None:
+    for key in ["indexes/a/1", "indexes/a/2", "indexes/b/1", "channels/s.json"]:
+        store.put(key, key.encode())
+    assert sorted(item.key for item in store.list("indexes/")) == ["indexes/a/1", "indexes/a/2", "indexes/b/1"]
+    assert [item.size for item in store.list("indexes/a/1")] == [len(b"indexes/a/1")]
+    store.delete(["indexes/a/1", "indexes/a/2", "indexes/zzz"])
+    assert [item.key for item in store.list("indexes/")] == ["indexes/b/1"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "kind"),
+    [("s3://bucket/some/prefix", S3Store), ("file:///tmp/store", LocalStore), ("relative/store", LocalStore)],
+    ids=["s3", "file", "path"],
+)
+def test_open_store_by_uri(uri: str, kind: type, s3_endpoint: str) -> None:
+    assert isinstance(open_store(uri), kind)
+
+
+@pytest.mark.parametrize("uri", ["s3:///no-bucket", "gs://bucket/x", "http://host/x"], ids=["no-bucket", "gs", "http"])
+def test_open_store_refuses_bad_uris(uri: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(uri)
+
+
+def test_local_keys_cannot_leave_the_store(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        LocalStore(tmp_path / "store").get("../outside")
+
+
+def test_s3_prefix_is_applied(s3_uri: str) -> None:
+    store = open_store(s3_uri)
+    store.put("channels/x.json", b"{}")
+    bucket = s3_uri.split("/")[2]
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["rag/channels/x.json"]
+    assert [item.key for item in store.list("channels/")] == ["channels/x.json"]
+
+
+def test_s3_missing_bucket_is_a_store_error(s3_endpoint: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        open_store("s3://no-such-bucket-here/x").get("channels/stable.json")
+    assert caught.value.status in (404, 502)
+
+
+def test_s3_unreachable_endpoint_is_a_store_error() -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1),
+    )
+    with pytest.raises(StoreError) as caught:
+        S3Store("bucket", client=client).get("channels/stable.json")
+    assert type(caught.value) is StoreError
+    assert "EndpointConnectionError" in caught.value.message
