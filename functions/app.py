@@ -38,9 +38,13 @@ class QueryRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=4096, description="The question.")
     top_k: int = Field(5, ge=1, le=50, description="How many sources to return.")
-    mode: Literal["answer", "retrieve"] = Field("answer", description="Answer with an LLM, or only retrieve.")
+    mode: Literal["answer", "retrieve"] = Field(
+        "answer", description="Answer with an LLM, or only retrieve."
+    )
     filters: dict[str, FilterValue] = Field(
-        default_factory=dict, max_length=16, description="Metadata equality filters, all must match."
+        default_factory=dict,
+        max_length=16,
+        description="Metadata equality filters, all must match.",
     )
 
 
@@ -66,8 +70,15 @@ class QueryResponse(BaseModel):
 
 def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
     """An RFC 9457 problem response."""
-    body = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status, "detail": detail}
-    return JSONResponse({**body, **extra}, status_code=status, media_type="application/problem+json")
+    body = {
+        "type": "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    return JSONResponse(
+        {**body, **extra}, status_code=status, media_type="application/problem+json"
+    )
 
 
 class _IndexIdHeader:
@@ -138,7 +149,9 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             return problem(503, loader.reason or "not ready", "Index not ready", state=loader.state)
         return JSONResponse({"status": "ready", "index_id": loader.service.index_id})
 
-    @app.post("/query", response_model=QueryResponse, summary="Answer a question, or retrieve sources.")
+    @app.post(
+        "/query", response_model=QueryResponse, summary="Answer a question, or retrieve sources."
+    )
     def query(body: QueryRequest, response: Response) -> QueryResponse:
         service = loader.require()
         run = service.answer if body.mode == "answer" else service.retrieve

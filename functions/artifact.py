@@ -6,8 +6,8 @@ An index lives under ``indexes/<index_id>/`` in the store and never changes once
     docstore.jsonl     one JSON record per chunk: {"id", "doc_id", "text", "metadata"}
     docstore.offsets   uint64 little-endian, chunks + 1 byte offsets into docstore.jsonl
     columns.json       {metadata key: [distinct scalar values]} for the keys filters can use
-    columns.i32        int32 little-endian, shape (keys, chunks): index into that key's values, -1 absent
-    hashes.bin         16 bytes a chunk: blake2b of (embedding model, embedded text), for reuse
+    columns.i32        int32 little-endian, (keys, chunks): index into the key's values, -1 absent
+    hashes.bin         16 bytes a chunk: blake2b of (model, embedded text), for reuse
     manifest.json      written last; sizes and sha256 of every file above, the embedding model and
                        a probe (a fixed text and its vector) that proves the serving model matches
 
@@ -210,7 +210,12 @@ def write_artifact(
     with (out_dir / "docstore.jsonl").open("wb") as handle:
         for row, record in enumerate(records):
             line = json.dumps(
-                {"id": record.id, "doc_id": record.doc_id, "text": record.text, "metadata": record.metadata},
+                {
+                    "id": record.id,
+                    "doc_id": record.doc_id,
+                    "text": record.text,
+                    "metadata": record.metadata,
+                },
                 ensure_ascii=False,
                 separators=(",", ":"),
             ).encode()
@@ -254,7 +259,9 @@ class Artifact:
         self._offsets: npt.NDArray[np.uint64] = _map(paths["docstore.offsets"], "<u8", (n + 1,))
         self._docstore: npt.NDArray[np.uint8] = _map(paths["docstore.jsonl"], "u1", (-1,))
         self.columns: dict[str, list[Any]] = json.loads(paths["columns.json"].read_bytes())
-        self.codes: npt.NDArray[np.int32] = _map(paths["columns.i32"], "<i4", (len(self.columns), n))
+        self.codes: npt.NDArray[np.int32] = _map(
+            paths["columns.i32"], "<i4", (len(self.columns), n)
+        )
         self.hashes: npt.NDArray[np.void] = _map(paths["hashes.bin"], f"V{_HASH_BYTES}", (n,))
 
     def __len__(self) -> int:

@@ -114,7 +114,9 @@ def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifac
             try:
                 fetched = store.fetch(index_key(manifest.index_id, name), dest / name)
             except ObjectNotFound as exc:
-                raise IntegrityError(f"{manifest.index_id}: {name} is missing from the store") from exc
+                raise IntegrityError(
+                    f"{manifest.index_id}: {name} is missing from the store"
+                ) from exc
             verify_file(name, manifest.files[name], fetched.sha256, fetched.size)
             paths[name] = fetched.path
         return Artifact(manifest, paths)

@@ -16,7 +16,14 @@ import numpy.typing as npt
 
 from .errors import ConfigurationError, UpstreamError
 
-__all__ = ["LOCAL_MODEL", "Embedder", "LocalEmbedder", "OllamaEmbedder", "make_embedder", "normalize"]
+__all__ = [
+    "LOCAL_MODEL",
+    "Embedder",
+    "LocalEmbedder",
+    "OllamaEmbedder",
+    "make_embedder",
+    "normalize",
+]
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 
@@ -38,7 +45,10 @@ def normalize(vectors: Any) -> npt.NDArray[np.float32]:
     """L2-normalise rows (a zero row stays zero)."""
     array = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(array, axis=-1, keepdims=True)
-    return np.divide(array, norms, out=np.zeros_like(array), where=norms > 0)
+    result: npt.NDArray[np.float32] = np.divide(
+        array, norms, out=np.zeros_like(array), where=norms > 0
+    )
+    return result
 
 
 def ollama_base_url(host: str) -> str:
@@ -51,7 +61,9 @@ class OllamaEmbedder:
 
     provider = "ollama"
 
-    def __init__(self, model: str, host: str, *, batch_size: int = 32, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, model: str, host: str, *, batch_size: int = 32, timeout_s: float = 60.0
+    ) -> None:
         from llama_index.embeddings.ollama import OllamaEmbedding
 
         self.model = model
@@ -106,10 +118,13 @@ class LocalEmbedder:
 
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one query."""
-        return self.embed_documents([text])[0]
+        vector: npt.NDArray[np.float32] = self.embed_documents([text])[0]
+        return vector
 
 
-def make_embedder(provider: str, model: str | None, *, ollama_host: str, batch_size: int = 32) -> Embedder:
+def make_embedder(
+    provider: str, model: str | None, *, ollama_host: str, batch_size: int = 32
+) -> Embedder:
     """Build the embedder a provider name and model name describe."""
     if provider == "ollama":
         return OllamaEmbedder(model or "nomic-embed-text", ollama_host, batch_size=batch_size)

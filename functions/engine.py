@@ -10,6 +10,7 @@ from typing import Any
 
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from pydantic import PrivateAttr
@@ -45,12 +46,13 @@ def ollama_llm(model: str, host: str, *, context_window: int, timeout_s: float) 
     """The Ollama LLM, with ``context_window`` set so it never calls ``/api/show`` to guess it."""
     from llama_index.llms.ollama import Ollama
 
-    return Ollama(
+    llm: LLM = Ollama(
         model=model,
         base_url=ollama_base_url(host),
         context_window=context_window,
         request_timeout=timeout_s,
     )
+    return llm
 
 
 class LlamaAnswerer:
@@ -66,16 +68,23 @@ class LlamaAnswerer:
         """The LLM's answer and the ``NodeWithScore`` sources it was given."""
         metadata_filters = (
             MetadataFilters(
-                filters=[MetadataFilter(key=k, value=v, operator=FilterOperator.EQ) for k, v in filters.items()]
+                filters=[
+                    MetadataFilter(key=k, value=v, operator=FilterOperator.EQ)
+                    for k, v in filters.items()
+                ]
             )
             if filters
             else None
         )
-        engine = self._index.as_query_engine(llm=self._llm, similarity_top_k=top_k, filters=metadata_filters)
+        engine = self._index.as_query_engine(
+            llm=self._llm, similarity_top_k=top_k, filters=metadata_filters
+        )
         try:
             response = engine.query(query)
         except RagError:
             raise
         except Exception as exc:  # ollama.ResponseError, httpx errors, timeouts
             raise UpstreamError(f"the LLM failed to answer: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(response, Response):
+            raise UpstreamError(f"the query engine returned a {type(response).__name__}")
         return str(response.response or ""), list(response.source_nodes)

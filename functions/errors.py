@@ -24,7 +24,6 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
-    "WriteConflict",
     "ConfigurationError",
     "IntegrityError",
     "InvalidRequest",
@@ -36,6 +35,7 @@ __all__ = [
     "UnsupportedFilter",
     "UnsupportedFormat",
     "UpstreamError",
+    "WriteConflict",
 ]
 
 

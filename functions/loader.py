@@ -47,7 +47,8 @@ def check_model(manifest: Manifest, embedder: Embedder, min_cosine: float) -> fl
     cosine = float(actual @ expected / max(float(np.linalg.norm(expected)), 1e-12))
     if cosine < min_cosine:
         raise ModelMismatch(
-            f"probe similarity {cosine:.4f} < {min_cosine}: {embedder.provider}/{embedder.model} is "
+            f"probe similarity {cosine:.4f} < {min_cosine}: "
+            f"{embedder.provider}/{embedder.model} is "
             f"not the model index {manifest.index_id} was built with "
             f"({manifest.embedding.provider}/{manifest.embedding.model})"
         )
@@ -76,7 +77,10 @@ class IndexLoader:
     def _default_embedder(self, model: str | None) -> Embedder:
         settings = self.settings
         return make_embedder(
-            settings.embed_provider, model, ollama_host=settings.ollama_host, batch_size=settings.embed_batch_size
+            settings.embed_provider,
+            model,
+            ollama_host=settings.ollama_host,
+            batch_size=settings.embed_batch_size,
         )
 
     def start(self) -> threading.Thread | None:
@@ -136,11 +140,15 @@ class IndexLoader:
         if settings.llm_provider == "ollama":
             # Answer mode needs llama_index.core (over a second to import): overlap it with I/O,
             # without making readiness (and so retrieve mode) wait for it.
-            threading.Thread(target=importlib.import_module, args=(f"{__package__}.engine",), daemon=True).start()
+            threading.Thread(
+                target=importlib.import_module, args=(f"{__package__}.engine",), daemon=True
+            ).start()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder") as pool:
             step = time.perf_counter()
             manifest = read_manifest(store, settings.index)
-            embedder_future = pool.submit(self._embedder_factory, settings.embed_model or manifest.embedding.model)
+            embedder_future = pool.submit(
+                self._embedder_factory, settings.embed_model or manifest.embedding.model
+            )
             artifact = fetch_artifact(store, manifest, settings.cache_dir)
             self.timings["fetch_and_verify"] = time.perf_counter() - step
             step = time.perf_counter()

@@ -84,7 +84,9 @@ class SearchIndex:
         """The ``top_k`` rows most similar to ``query`` among those ``where`` admits, best first."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
-            raise InvalidRequest(f"query vector has {query.shape[0]} dimensions, the index {self.dim}")
+            raise InvalidRequest(
+                f"query vector has {query.shape[0]} dimensions, the index {self.dim}"
+            )
         norm = float(np.linalg.norm(query))
         if norm > 0:
             query = query / norm
@@ -125,7 +127,11 @@ class SearchIndex:
         k = self._keys.get(condition.key)
         if k is None:
             return np.zeros(len(self), dtype=bool)
-        matching = [code for code, value in enumerate(self.artifact.columns[condition.key]) if _safe(test, value, condition.value)]
+        matching = [
+            code
+            for code, value in enumerate(self.artifact.columns[condition.key])
+            if _safe(test, value, condition.value)
+        ]
         return np.isin(self.artifact.codes[k], matching)
 
 

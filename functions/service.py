@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -101,7 +101,9 @@ class QueryService:
             return QueryResult(text, "extractive", [_source(hit) for hit in hits], self.index_id)
         text, nodes = self._llm_answerer().answer(query, top_k, filters)
         sources = [
-            Source(n.node.node_id, float(n.score or 0.0), n.node.get_content(), dict(n.node.metadata))
+            Source(
+                n.node.node_id, float(n.score or 0.0), n.node.get_content(), dict(n.node.metadata)
+            )
             for n in nodes
         ]
         return QueryResult(text, "generated", sources, self.index_id)

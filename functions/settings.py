@@ -21,28 +21,51 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", frozen=True)
 
-    store_uri: str | None = Field(None, description="Where indexes live: s3://bucket/prefix, file:///path or a path.")
+    store_uri: str | None = Field(
+        None, description="Where indexes live: s3://bucket/prefix, file:///path or a path."
+    )
     index: str = Field("stable", description="Channel name to follow, or an index id to pin.")
-    cache_dir: Path = Field(Path("/tmp/knative-rag"), description="Where downloaded artifacts are kept.")
+    cache_dir: Path = Field(
+        Path("/tmp/knative-rag"), description="Where downloaded artifacts are kept."
+    )
     embed_provider: Literal["ollama", "local"] = Field("ollama", description="Embedding provider.")
     embed_model: str | None = Field(
-        None, description="Embedding model; default nomic-embed-text (ollama) or all-MiniLM-L6-v2 (local)."
+        None,
+        description="Embedding model; default: the index's own model.",
     )
-    embed_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding request (builder).")
-    llm_provider: Literal["ollama", "none"] = Field("ollama", description="LLM for answer mode; none = extractive.")
+    embed_batch_size: int = Field(
+        32, ge=1, le=1024, description="Texts per embedding request (builder)."
+    )
+    llm_provider: Literal["ollama", "none"] = Field(
+        "ollama", description="LLM for answer mode; none = extractive."
+    )
     llm_model: str = Field("llama3.2", description="Ollama chat model for answer mode.")
-    llm_context_window: int = Field(8192, ge=512, description="Context window sent to Ollama as num_ctx.")
-    llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one LLM call.")
-    probe_min_cosine: float = Field(0.99, ge=-1, le=1, description="Least probe similarity to become ready.")
-    chunk_size: int | None = Field(
-        None, ge=32, description="SentenceSplitter chunk size in tokens (builder); default 512, 200 for local."
+    llm_context_window: int = Field(
+        8192, ge=512, description="Context window sent to Ollama as num_ctx."
     )
-    chunk_overlap: int = Field(64, ge=0, description="SentenceSplitter overlap in tokens (builder).")
+    llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one LLM call.")
+    probe_min_cosine: float = Field(
+        0.99, ge=-1, le=1, description="Least probe similarity to become ready."
+    )
+    chunk_size: int | None = Field(
+        None,
+        ge=32,
+        description="SentenceSplitter chunk size in tokens (builder); default 512, 200 for local.",
+    )
+    chunk_overlap: int = Field(
+        64, ge=0, description="SentenceSplitter overlap in tokens (builder)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     ollama_host: str = Field(
-        "http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST"), description="Ollama server."
+        "http://127.0.0.1:11434",
+        validation_alias=AliasChoices("OLLAMA_HOST"),
+        description="Ollama server.",
     )
-    port: int = Field(8080, validation_alias=AliasChoices("PORT"), description="HTTP port (Knative sets it).")
+    port: int = Field(
+        8080, validation_alias=AliasChoices("PORT"), description="HTTP port (Knative sets it)."
+    )
     revision: str | None = Field(
-        None, validation_alias=AliasChoices("K_REVISION"), description="Knative revision name, if any."
+        None,
+        validation_alias=AliasChoices("K_REVISION"),
+        description="Knative revision name, if any.",
     )

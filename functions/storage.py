@@ -32,6 +32,7 @@ from .errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflic
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 __all__ = ["Fetched", "LocalStore", "ObjectInfo", "S3Store", "Store", "Versioned", "open_store"]
 
@@ -72,7 +73,9 @@ class Store(Protocol):
     def get(self, key: str) -> Versioned:
         """Read a small object with its ETag; ``ObjectNotFound`` if absent."""
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         """Write a small object, conditionally; returns the new ETag or raises ``WriteConflict``."""
 
     def upload(self, key: str, path: Path) -> None:
@@ -81,7 +84,7 @@ class Store(Protocol):
     def fetch(self, key: str, dest: Path) -> Fetched:
         """Make ``key`` available as a local file (written to ``dest`` if it must be copied)."""
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List the objects whose key starts with ``prefix``."""
 
     def delete(self, keys: list[str]) -> None:
@@ -143,7 +146,9 @@ class LocalStore:
             raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
         return Versioned(data, hashlib.sha256(data).hexdigest())
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         """Write atomically; with a condition, check it and rename under the store lock."""
         path = self._path(key)
         if if_match is None and not if_none_match:
@@ -189,7 +194,7 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def fetch(self, key: str, dest: Path) -> Fetched:  # noqa: ARG002 - served in place
+    def fetch(self, key: str, dest: Path) -> Fetched:
         """Hash the store's own file and hand it out in place: no copy for a local store."""
         path = self._path(key)
         try:
@@ -198,7 +203,7 @@ class LocalStore:
             raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
         return Fetched(path, sha256, size)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List files under the prefix, skipping in-progress temporary files."""
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         if not base.is_dir():
@@ -206,9 +211,15 @@ class LocalStore:
         found = []
         for path in sorted(base.rglob("*")):
             key = path.relative_to(self.root).as_posix()
-            if path.is_file() and key.startswith(prefix) and not path.name.startswith((".tmp-", ".lock")):
+            if (
+                path.is_file()
+                and key.startswith(prefix)
+                and not path.name.startswith((".tmp-", ".lock"))
+            ):
                 stat = path.stat()
-                found.append(ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)))
+                found.append(
+                    ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                )
         return found
 
     def delete(self, keys: list[str]) -> None:
@@ -272,7 +283,9 @@ class S3Store:
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 raise ObjectNotFound(f"{where} does not exist") from exc
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                raise WriteConflict(f"{where}: conditional write refused ({code or status})") from exc
+                raise WriteConflict(
+                    f"{where}: conditional write refused ({code or status})"
+                ) from exc
             raise StoreError(f"{where}: {code or status}: {error.get('Message', '')}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
@@ -283,7 +296,9 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return Versioned(response["Body"].read(), response["ETag"])
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         """PutObject with S3's conditional-write headers."""
         conditions: dict[str, str] = {}
         if if_match is not None:
@@ -292,7 +307,10 @@ class S3Store:
             conditions["IfNoneMatch"] = "*"
         with self._translated(key):
             response = self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, **conditions  # type: ignore[arg-type]
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                **conditions,  # type: ignore[arg-type]
             )
         return response["ETag"]
 
@@ -319,7 +337,7 @@ class S3Store:
             tmp.unlink(missing_ok=True)
         return Fetched(dest, digest.hexdigest(), size)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List objects under the prefix (all pages)."""
         strip = len(self._key(""))
         found = []
@@ -327,12 +345,18 @@ class S3Store:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for item in page.get("Contents", []):
-                    found.append(ObjectInfo(item["Key"][strip:], item["Size"], item["LastModified"]))
+                    found.append(
+                        ObjectInfo(item["Key"][strip:], item["Size"], item["LastModified"])
+                    )
         return found
 
     def delete(self, keys: list[str]) -> None:
         """Delete objects in batches of 1000."""
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": self._key(key)} for key in keys[start : start + 1000]
+            ]
             with self._translated(keys[start]):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )

@@ -7,6 +7,7 @@ translated to the artifact's compact filter columns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,7 @@ class ArtifactVectorStore(BasePydanticVectorStore):
         """The search index this store reads."""
         return self._index
 
-    def add(self, nodes: list[BaseNode], **kwargs: Any) -> list[str]:
+    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Refuse: published indexes are immutable; build a new one with the index builder."""
         raise InvalidRequest("a published index is read-only; build a new index instead")
 
@@ -101,5 +102,7 @@ class ArtifactVectorStore(BasePydanticVectorStore):
             for hit in hits
         ]
         return VectorStoreQueryResult(
-            nodes=nodes, similarities=[hit.score for hit in hits], ids=[hit.record.id for hit in hits]
+            nodes=nodes,
+            similarities=[hit.score for hit in hits],
+            ids=[hit.record.id for hit in hits],
         )

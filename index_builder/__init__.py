@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .build import BuildReport, build_artifact, chunk_documents
+from .job import run_build
 from .publish import catalog, collect_garbage, promote, publish
 from .sources import load_documents
 
@@ -15,4 +16,5 @@ __all__ = [
     "load_documents",
     "promote",
     "publish",
+    "run_build",
 ]

@@ -9,35 +9,44 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
-from pathlib import Path
 
-from functions.catalog import fetch_artifact, read_channel, read_manifest
 from functions.embeddings import make_embedder
-from functions.errors import ConfigurationError, ObjectNotFound, RagError, WriteConflict
+from functions.errors import ConfigurationError, RagError, WriteConflict
 from functions.settings import Settings
 from functions.storage import Store, open_store
 
-from .build import build_artifact, default_chunk_size
-from .publish import catalog, collect_garbage, promote, publish
-from .sources import load_documents
+from .job import run_build
+from .publish import catalog, collect_garbage, promote
 
 EXIT_FAILED = 1
 EXIT_CONFLICT = 3
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m index_builder", description=__doc__.split("\n")[0])
-    parser.add_argument("--store", default=settings.store_uri, help="store URI (default: $RAG_STORE_URI)")
+    parser = argparse.ArgumentParser(
+        prog="python -m index_builder", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--store", default=settings.store_uri, help="store URI (default: $RAG_STORE_URI)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build an index from documents and publish it")
-    build.add_argument("--source", required=True, help="a folder or s3://bucket/prefix of documents")
-    build.add_argument("--channel", help="move this channel to the new index (compare-and-swap)")
-    build.add_argument("--embed-provider", default=settings.embed_provider, choices=["ollama", "local"])
-    build.add_argument("--embed-model", default=settings.embed_model, help="default: the provider's")
     build.add_argument(
-        "--chunk-size", type=int, default=settings.chunk_size, help="tokens; default 512, or 200 for local"
+        "--source", required=True, help="a folder or s3://bucket/prefix of documents"
+    )
+    build.add_argument("--channel", help="move this channel to the new index (compare-and-swap)")
+    build.add_argument(
+        "--embed-provider", default=settings.embed_provider, choices=["ollama", "local"]
+    )
+    build.add_argument(
+        "--embed-model", default=settings.embed_model, help="default: the provider's"
+    )
+    build.add_argument(
+        "--chunk-size",
+        type=int,
+        default=settings.chunk_size,
+        help="tokens; default 512, or 200 for local",
     )
     build.add_argument("--chunk-overlap", type=int, default=settings.chunk_overlap)
     build.add_argument("--batch-size", type=int, default=settings.embed_batch_size)
@@ -47,7 +56,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     prom = commands.add_parser("promote", help="point a channel at an existing index")
     prom.add_argument("--channel", required=True)
     prom.add_argument("--index", required=True, help="index id")
-    prom.add_argument("--expect", help="refuse unless the channel currently points at this index id")
+    prom.add_argument(
+        "--expect", help="refuse unless the channel currently points at this index id"
+    )
 
     gc = commands.add_parser("gc", help="delete old indexes (never one a channel points to)")
     gc.add_argument("--keep", type=int, required=True, help="newest complete indexes to keep")
@@ -57,40 +68,27 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
     embedder = make_embedder(
-        args.embed_provider, args.embed_model, ollama_host=settings.ollama_host, batch_size=args.batch_size
+        args.embed_provider,
+        args.embed_model,
+        ollama_host=settings.ollama_host,
+        batch_size=args.batch_size,
     )
-    with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
-        previous, expected_etag = None, None
-        if args.channel:
-            try:
-                pointer, expected_etag = read_channel(store, args.channel)
-                current = read_manifest(store, pointer.index_id)
-                same_model = (current.embedding.provider, current.embedding.model) == (
-                    embedder.provider,
-                    embedder.model,
-                )
-                if same_model:  # only the same model's vectors can be reused
-                    previous = fetch_artifact(store, current, Path(tmp) / "previous")
-            except ObjectNotFound:
-                previous, expected_etag = None, None
-        documents = load_documents(args.source)
-        report = build_artifact(
-            documents,
-            embedder,
-            Path(tmp) / "new",
-            chunk_size=args.chunk_size or default_chunk_size(embedder.provider),
-            chunk_overlap=args.chunk_overlap,
-            previous=previous,
-        )
-        publish(store, report.directory, report.manifest, channel=args.channel, expected_etag=expected_etag)
-    counts = report.manifest.counts
+    manifest = run_build(
+        store,
+        args.source,
+        embedder,
+        channel=args.channel,
+        chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap,
+    )
+    counts = manifest.counts
     print(
-        f"built {report.manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
+        f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
         f"{counts.embedded} embedded, {counts.reused} reused"
         + (f"; channel {args.channel} moved" if args.channel else ""),
         file=sys.stderr,
     )
-    print(report.manifest.index_id)
+    print(manifest.index_id)
 
 
 def _list(store: Store) -> None:
@@ -98,18 +96,26 @@ def _list(store: Store) -> None:
     pointed: dict[str, list[str]] = {}
     for name, pointer in sorted(channels.items()):
         pointed.setdefault(pointer.index_id, []).append(name)
-        print(f"channel {name:<16} -> {pointer.index_id}  (published {pointer.published_at:%Y-%m-%d %H:%M:%S}Z)")
+        print(
+            f"channel {name:<16} -> {pointer.index_id}  "
+            f"(published {pointer.published_at:%Y-%m-%d %H:%M:%S}Z)"
+        )
     for info in indexes:
         state = "" if info.complete else "  INCOMPLETE"
         tags = f"  [{', '.join(pointed[info.index_id])}]" if info.index_id in pointed else ""
-        print(f"index   {info.index_id}  {info.size / 1e6:10.2f} MB  {info.modified:%Y-%m-%d %H:%M}Z{tags}{state}")
+        print(
+            f"index   {info.index_id}  {info.size / 1e6:10.2f} MB  "
+            f"{info.modified:%Y-%m-%d %H:%M}Z{tags}{state}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     settings = Settings()
     args = _parser(settings).parse_args(argv)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         if not args.store:
             raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")
@@ -125,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             for index_id in collect_garbage(store, args.keep, dry_run=args.dry_run):
                 print(("would delete " if args.dry_run else "deleted ") + index_id)
     except WriteConflict as exc:
-        print(f"error: {exc.message} (another publisher moved it first; nothing was overwritten)", file=sys.stderr)
+        print(
+            f"error: {exc.message} (another publisher moved it first; nothing was overwritten)",
+            file=sys.stderr,
+        )
         return EXIT_CONFLICT
     except RagError as exc:
         print(f"error: {exc.title}: {exc.message}", file=sys.stderr)

@@ -54,17 +54,23 @@ class BuildReport:
     directory: Path
 
 
-def chunk_documents(documents: Sequence[Document], chunk_size: int, chunk_overlap: int) -> list[NodeRecord]:
+def chunk_documents(
+    documents: Sequence[Document], chunk_size: int, chunk_overlap: int
+) -> list[NodeRecord]:
     """Split documents with ``SentenceSplitter``; chunk ids are ``<document id>#<n>``."""
     if chunk_overlap >= chunk_size:
-        raise ConfigurationError(f"chunk overlap {chunk_overlap} must be below chunk size {chunk_size}")
+        raise ConfigurationError(
+            f"chunk overlap {chunk_overlap} must be below chunk size {chunk_size}"
+        )
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     records = []
     for document in documents:
         for n, node in enumerate(splitter.get_nodes_from_documents([document])):
             text = node.get_content(metadata_mode=MetadataMode.NONE)
             if text.strip():
-                records.append(NodeRecord(f"{document.id_}#{n}", document.id_, text, dict(node.metadata)))
+                records.append(
+                    NodeRecord(f"{document.id_}#{n}", document.id_, text, dict(node.metadata))
+                )
     return records
 
 
@@ -106,7 +112,9 @@ def build_artifact(
         vectors=vectors,
         records=records,
         hashes=hashes,
-        embedding=EmbeddingSpec(provider=embedder.provider, model=embedder.model, dim=probe.shape[0]),
+        embedding=EmbeddingSpec(
+            provider=embedder.provider, model=embedder.model, dim=probe.shape[0]
+        ),
         chunking=ChunkingSpec(chunk_size=chunk_size, chunk_overlap=chunk_overlap),
         counts=Counts(
             documents=len(documents),

@@ -16,6 +16,7 @@ from pathlib import Path
 from functions.artifact import DATA_FILES, MANIFEST, Manifest
 from functions.catalog import (
     Pointer,
+    channel_key,
     index_key,
     is_index_id,
     move_channel,
@@ -48,7 +49,12 @@ def upload_index(store: Store, directory: Path, manifest: Manifest) -> bytes:
 
 
 def publish(
-    store: Store, directory: Path, manifest: Manifest, *, channel: str | None, expected_etag: str | None
+    store: Store,
+    directory: Path,
+    manifest: Manifest,
+    *,
+    channel: str | None,
+    expected_etag: str | None,
 ) -> Pointer | None:
     """Upload an index and, if asked, move ``channel`` to it by compare-and-swap."""
     data = upload_index(store, directory, manifest)
@@ -63,19 +69,26 @@ def publish(
     return pointer
 
 
-def promote(store: Store, channel: str, index_id: str, *, expected_index: str | None = None) -> Pointer:
+def promote(
+    store: Store, channel: str, index_id: str, *, expected_index: str | None = None
+) -> Pointer:
     """Point ``channel`` at an existing, valid index (compare-and-swap on the current pointer)."""
+    channel_key(channel)  # refuse a bad name before touching the store
     read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
     data = store.get(index_key(index_id)).data
     try:
         current, etag = read_channel(store, channel)
         expected: str | None = etag
         if expected_index is not None and current.index_id != expected_index:
-            raise WriteConflict(f"channel {channel!r} points at {current.index_id}, not {expected_index}")
+            raise WriteConflict(
+                f"channel {channel!r} points at {current.index_id}, not {expected_index}"
+            )
     except ObjectNotFound:
         expected = None
     pointer = Pointer(
-        index_id=index_id, manifest_sha256=hashlib.sha256(data).hexdigest(), published_at=datetime.now(UTC)
+        index_id=index_id,
+        manifest_sha256=hashlib.sha256(data).hexdigest(),
+        published_at=datetime.now(UTC),
     )
     move_channel(store, channel, pointer, expected_etag=expected)
     return pointer
@@ -84,7 +97,7 @@ def promote(store: Store, channel: str, index_id: str, *, expected_index: str | 
 def catalog(store: Store) -> tuple[list[IndexInfo], dict[str, Pointer]]:
     """Every index folder (newest first) and every channel with its pointer."""
     folders: dict[str, list[tuple[str, int, datetime]]] = {}
-    for item in store.list("indexes/"):
+    for item in store.list_objects("indexes/"):
         parts = item.key.split("/")
         if len(parts) == 3 and is_index_id(parts[1]):
             folders.setdefault(parts[1], []).append((parts[2], item.size, item.modified))
@@ -99,7 +112,7 @@ def catalog(store: Store) -> tuple[list[IndexInfo], dict[str, Pointer]]:
     ]
     indexes.sort(key=lambda info: info.index_id, reverse=True)
     channels = {}
-    for item in store.list("channels/"):
+    for item in store.list_objects("channels/"):
         name = item.key.removeprefix("channels/").removesuffix(".json")
         if item.key.endswith(".json") and "/" not in name:
             channels[name] = read_channel(store, name)[0]
@@ -107,7 +120,11 @@ def catalog(store: Store) -> tuple[list[IndexInfo], dict[str, Pointer]]:
 
 
 def collect_garbage(
-    store: Store, keep: int, *, incomplete_after: timedelta = timedelta(hours=6), dry_run: bool = False
+    store: Store,
+    keep: int,
+    *,
+    incomplete_after: timedelta = timedelta(hours=6),
+    dry_run: bool = False,
 ) -> list[str]:
     """Delete all but the ``keep`` newest complete indexes, never one a channel points to.
 
@@ -120,7 +137,9 @@ def collect_garbage(
     complete = [info for info in indexes if info.complete]
     doomed = [info.index_id for info in complete[keep:] if info.index_id not in pinned]
     doomed += [
-        info.index_id for info in indexes if not info.complete and now - info.modified > incomplete_after
+        info.index_id
+        for info in indexes
+        if not info.complete and now - info.modified > incomplete_after
     ]
     if dry_run:
         return doomed
@@ -131,6 +150,6 @@ def collect_garbage(
             continue
         # The manifest goes first, so a half-deleted index is never mistaken for a complete one.
         store.delete([index_key(index_id)])
-        store.delete([item.key for item in store.list(f"indexes/{index_id}/")])
+        store.delete([item.key for item in store.list_objects(f"indexes/{index_id}/")])
         deleted.append(index_id)
     return deleted

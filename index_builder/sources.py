@@ -29,7 +29,7 @@ def load_documents(source: str) -> list[Document]:
         store = open_store(source)
         with tempfile.TemporaryDirectory(prefix="rag-source-") as tmp:
             root = Path(tmp)
-            for item in store.list(""):
+            for item in store.list_objects(""):
                 if item.key.lower().endswith(SUPPORTED_EXTENSIONS):
                     store.fetch(item.key, root / item.key)
             return _read(root, f"{source.rstrip('/')}/")

@@ -38,13 +38,31 @@ def main() -> int:
         "RAG_CACHE_DIR": str(ROOT / ".demo" / "cache"),
         "HF_HUB_OFFLINE": "1",
     }
-    build = [sys.executable, "-m", "index_builder", "build", "--source", str(ROOT / "docs"), "--channel", "stable"]
+    build = [
+        sys.executable,
+        "-m",
+        "index_builder",
+        "build",
+        "--source",
+        str(ROOT / "docs"),
+        "--channel",
+        "stable",
+    ]
     print("$", " ".join(build[1:]), flush=True)
     subprocess.run(build, env=env, cwd=ROOT, check=True)
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "functions.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "functions.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         cwd=ROOT,
     )
@@ -63,7 +81,9 @@ def main() -> int:
                 return 1
             time.sleep(0.2)
         body = json.dumps({"query": QUESTION, "top_k": 3, "mode": "answer"}).encode()
-        request = urllib.request.Request(f"{base}/query", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/query", body, {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             result = json.load(response)
         print(f"\nQ: {QUESTION}\nA ({result['answer_type']}): {result['answer']}\n")

@@ -25,7 +25,9 @@ from functions.embeddings import normalize
 COLOURS = ["red", "green", "blue"]
 
 
-def random_artifact(directory: Path, n: int = 500, dim: int = 32, seed: int = 7) -> tuple[Artifact, np.ndarray]:
+def random_artifact(
+    directory: Path, n: int = 500, dim: int = 32, seed: int = 7
+) -> tuple[Artifact, np.ndarray]:
     """An artifact of ``n`` random unit vectors with metadata ``colour``, ``rank``, ``even``.
 
     Returns the mapped artifact and the float64 vectors it was written from.
@@ -37,7 +39,12 @@ def random_artifact(directory: Path, n: int = 500, dim: int = 32, seed: int = 7)
             f"doc-{i // 5}#{i % 5}",
             f"doc-{i // 5}",
             f"chunk {i} text ünïcode",
-            {"colour": COLOURS[i % 3], "rank": i % 10, "even": i % 2 == 0, "tags": ["list", "ignored"]},
+            {
+                "colour": COLOURS[i % 3],
+                "rank": i % 10,
+                "even": i % 2 == 0,
+                "tags": ["list", "ignored"],
+            },
         )
         for i in range(n)
     ]

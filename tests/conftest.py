@@ -26,7 +26,10 @@ for _name, _value in {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }.items():
     os.environ[_name] = _value
-for _name in [name for name in os.environ if name.startswith("RAG_")] + ["AWS_PROFILE", "OLLAMA_HOST"]:
+for _name in [name for name in os.environ if name.startswith("RAG_")] + [
+    "AWS_PROFILE",
+    "OLLAMA_HOST",
+]:
     os.environ.pop(_name, None)
 
 
@@ -98,7 +101,9 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus")
 
 
-def settings_for(store_uri: str, ollama: Ollama, tmp_path: Path, **overrides: object) -> Settings:
+def settings_for(
+    store_uri: str, ollama: Ollama, tmp_path: Path, /, **overrides: object
+) -> Settings:
     """Settings for a function that reads ``store_uri`` and talks to the double."""
     values: dict[str, object] = {
         "store_uri": store_uri,

@@ -27,7 +27,9 @@ from starlette.routing import Route
 class OllamaDouble:
     """State and behaviour of the double: models it knows, their dimension, latency, call log."""
 
-    def __init__(self, models: dict[str, int] | None = None, chat_models: tuple[str, ...] = ("llama3.2",)) -> None:
+    def __init__(
+        self, models: dict[str, int] | None = None, chat_models: tuple[str, ...] = ("llama3.2",)
+    ) -> None:
         self.models = dict(models or {"nomic-embed-text": 64, "other-embed": 64, "wide-embed": 96})
         self.chat_models = chat_models
         self.latency_s = 0.0
@@ -47,7 +49,9 @@ class OllamaDouble:
 
     def vector(self, model: str, text: str) -> list[float]:
         """The double's embedding of ``text`` by ``model``."""
-        seed = int.from_bytes(hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=8).digest(), "little")
+        seed = int.from_bytes(
+            hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=8).digest(), "little"
+        )
         vector = np.random.default_rng(seed).standard_normal(self.models[model])
         return [float(x) for x in vector / np.linalg.norm(vector)]
 
@@ -76,7 +80,8 @@ class OllamaDouble:
     def answer(self, messages: list[dict[str, Any]]) -> str:
         """A deterministic answer that shows which context the caller sent."""
         prompt = messages[-1].get("content", "") if messages else ""
-        return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {prompt.splitlines()[-1][:80] if prompt else ''}"
+        last = prompt.splitlines()[-1][:80] if prompt else ""
+        return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {last}"
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -104,7 +109,17 @@ class OllamaDouble:
         async def lines() -> AsyncIterator[bytes]:
             for word in text.split(" "):
                 message = {"role": "assistant", "content": word + " "}
-                yield json.dumps({"model": model, "created_at": done["created_at"], "message": message, "done": False}).encode() + b"\n"
+                yield (
+                    json.dumps(
+                        {
+                            "model": model,
+                            "created_at": done["created_at"],
+                            "message": message,
+                            "done": False,
+                        }
+                    ).encode()
+                    + b"\n"
+                )
             yield json.dumps(done).encode() + b"\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -117,9 +132,15 @@ class OllamaDouble:
         if model not in self.chat_models and model not in self.models:
             return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
         return JSONResponse(
-            {"modelfile": "", "parameters": "", "template": "", "details": {"family": "double"},
-             "model_info": {"general.architecture": "double", "double.context_length": 4096},
-             "capabilities": ["completion"], "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": {"family": "double"},
+                "model_info": {"general.architecture": "double", "double.context_length": 4096},
+                "capabilities": ["completion"],
+                "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
         )
 
     async def tags(self, request: Request) -> Response:

@@ -39,7 +39,9 @@ def publish_dir(directory: Path, store: LocalStore, channel: str | None = "stabl
     store.put(index_key(manifest.index_id), data)
     if channel:
         pointer = Pointer(
-            index_id=manifest.index_id, manifest_sha256=hashlib.sha256(data).hexdigest(), published_at=datetime.now(UTC)
+            index_id=manifest.index_id,
+            manifest_sha256=hashlib.sha256(data).hexdigest(),
+            published_at=datetime.now(UTC),
         )
         store.put(f"channels/{channel}.json", pointer.model_dump_json().encode())
     return manifest.index_id
@@ -50,9 +52,16 @@ def test_round_trip(tmp_path: Path) -> None:
     assert len(artifact) == 50
     np.testing.assert_allclose(artifact.vectors, vectors, rtol=1e-6)
     assert artifact.record(7) == NodeRecord(
-        "doc-1#2", "doc-1", "chunk 7 text ünïcode", {"colour": "green", "rank": 7, "even": False, "tags": ["list", "ignored"]}
+        "doc-1#2",
+        "doc-1",
+        "chunk 7 text ünïcode",
+        {"colour": "green", "rank": 7, "even": False, "tags": ["list", "ignored"]},
     )
-    assert artifact.columns == {"colour": ["red", "green", "blue"], "even": [True, False], "rank": list(range(10))}
+    assert artifact.columns == {
+        "colour": ["red", "green", "blue"],
+        "even": [True, False],
+        "rank": list(range(10)),
+    }
     assert artifact.codes.shape == (3, 50)
     assert bytes(artifact.hashes[3]) == content_hash("test:model", "chunk 3 text ünïcode")
 
@@ -85,7 +94,11 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", DATA_FILES)
-@pytest.mark.parametrize(("damage", "message"), [(_corrupt, "sha256"), (_truncate, "truncated"), (Path.unlink, "missing")], ids=["corrupt", "truncated", "missing"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_corrupt, "sha256"), (_truncate, "truncated"), (Path.unlink, "missing")],
+    ids=["corrupt", "truncated", "missing"],
+)
 def test_damaged_files_are_refused(tmp_path: Path, name: str, damage: object, message: str) -> None:
     random_artifact(tmp_path / "a")
     store = LocalStore(tmp_path / "store")
@@ -115,7 +128,7 @@ def test_manifest_that_is_not_json_or_misses_fields_is_refused(tmp_path: Path) -
         parse_manifest(json.dumps(raw).encode())
     raw = json.loads(artifact.manifest.model_dump_json())
     del raw["files"]["vectors.f32"]
-    with pytest.raises(IntegrityError, match="vectors.f32"):
+    with pytest.raises(IntegrityError, match=r"vectors\.f32"):
         parse_manifest(json.dumps(raw).encode())
 
 
@@ -124,7 +137,11 @@ def test_channel_pointing_at_a_different_manifest_is_refused(tmp_path: Path) -> 
     store = LocalStore(tmp_path / "store")
     index_id = publish_dir(tmp_path / "a", store)
     manifest_path = store.root / index_key(index_id)
-    manifest_path.write_bytes(manifest_path.read_bytes().replace(b'"builder_version": "test"', b'"builder_version": "evil"'))
+    manifest_path.write_bytes(
+        manifest_path.read_bytes().replace(
+            b'"builder_version": "test"', b'"builder_version": "evil"'
+        )
+    )
     with pytest.raises(IntegrityError, match="does not match channel"):
         read_manifest(store, "stable")
 
@@ -142,14 +159,20 @@ def test_manifest_under_the_wrong_id_is_refused(tmp_path: Path) -> None:
 _text = st.text(min_size=1, max_size=200)
 _meta = st.dictionaries(
     st.text(min_size=1, max_size=10),
-    st.one_of(st.text(max_size=20), st.integers(-5, 5), st.booleans(), st.lists(st.integers(), max_size=2)),
+    st.one_of(
+        st.text(max_size=20), st.integers(-5, 5), st.booleans(), st.lists(st.integers(), max_size=2)
+    ),
     max_size=4,
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(records=st.lists(st.tuples(_text, _meta), min_size=1, max_size=20), dim=st.integers(1, 16))
-def test_any_records_round_trip(tmp_path_factory: pytest.TempPathFactory, records: list[tuple[str, dict[str, object]]], dim: int) -> None:
+def test_any_records_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, records: list[tuple[str, dict[str, object]]], dim: int
+) -> None:
     directory = tmp_path_factory.mktemp("h")
     rows = [NodeRecord(f"id-{i}", f"doc-{i}", text, meta) for i, (text, meta) in enumerate(records)]
     vectors = np.ones((len(rows), dim), dtype=np.float32) / np.sqrt(dim)

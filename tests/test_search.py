@@ -17,7 +17,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchIndex, np.n
     return SearchIndex(artifact), vectors
 
 
-def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[int]:
+def brute_force(
+    vectors: np.ndarray, query: np.ndarray, k: int, rows: np.ndarray | None = None
+) -> list[int]:
     """float64 reference: every score, a full sort."""
     candidates = np.arange(len(vectors)) if rows is None else rows
     scores = vectors[candidates] @ (query / np.linalg.norm(query))
@@ -36,13 +38,19 @@ def test_matches_float64_brute_force(indexed: tuple[SearchIndex, np.ndarray], k:
         np.testing.assert_allclose([hit.score for hit in hits], expected, atol=1e-5)
 
 
-def test_filtered_search_matches_brute_force_on_the_admitted_rows(indexed: tuple[SearchIndex, np.ndarray]) -> None:
+def test_filtered_search_matches_brute_force_on_the_admitted_rows(
+    indexed: tuple[SearchIndex, np.ndarray],
+) -> None:
     index, vectors = indexed
     query = np.random.default_rng(4).standard_normal(48)
-    hits = index.search(query.astype(np.float32), 10, equality_filter({"colour": "blue", "even": True}))
+    hits = index.search(
+        query.astype(np.float32), 10, equality_filter({"colour": "blue", "even": True})
+    )
     admitted = np.array([i for i in range(len(vectors)) if i % 3 == 2 and i % 2 == 0])
     assert [hit.row for hit in hits] == brute_force(vectors, query, 10, admitted)
-    assert {(hit.record.metadata["colour"], hit.record.metadata["even"]) for hit in hits} == {("blue", True)}
+    assert {(hit.record.metadata["colour"], hit.record.metadata["even"]) for hit in hits} == {
+        ("blue", True)
+    }
 
 
 def rows_of(index: SearchIndex, where: FilterGroup) -> set[int]:
@@ -60,22 +68,44 @@ ALL = set(range(2000))
         (FilterGroup((Condition("rank", ">", 7),)), {i for i in ALL if i % 10 > 7}),
         (FilterGroup((Condition("rank", "<=", 1),)), {i for i in ALL if i % 10 <= 1}),
         (FilterGroup((Condition("rank", "in", [2, 3]),)), {i for i in ALL if i % 10 in (2, 3)}),
-        (FilterGroup((Condition("colour", "nin", ["red", "blue"]),)), {i for i in ALL if i % 3 == 1}),
+        (
+            FilterGroup((Condition("colour", "nin", ["red", "blue"]),)),
+            {i for i in ALL if i % 3 == 1},
+        ),
         (
             FilterGroup((Condition("colour", "==", "red"), Condition("rank", "==", 0)), "or"),
             {i for i in ALL if i % 3 == 0 or i % 10 == 0},
         ),
         (
-            FilterGroup((FilterGroup((Condition("rank", "<", 2), Condition("rank", ">", 8)), "or"), Condition("even", "==", True))),
+            FilterGroup(
+                (
+                    FilterGroup((Condition("rank", "<", 2), Condition("rank", ">", 8)), "or"),
+                    Condition("even", "==", True),
+                )
+            ),
             {i for i in ALL if (i % 10 < 2 or i % 10 > 8) and i % 2 == 0},
         ),
         (FilterGroup((Condition("absent", "==", "x"),)), set()),
         (FilterGroup((Condition("colour", ">", 3),)), set()),
         (FilterGroup(()), ALL),
     ],
-    ids=["eq", "ne", "gt", "lte", "in", "nin", "or", "nested", "unknown-key", "type-mismatch", "empty"],
+    ids=[
+        "eq",
+        "ne",
+        "gt",
+        "lte",
+        "in",
+        "nin",
+        "or",
+        "nested",
+        "unknown-key",
+        "type-mismatch",
+        "empty",
+    ],
 )
-def test_filter_operators(indexed: tuple[SearchIndex, np.ndarray], where: FilterGroup, expected: set[int]) -> None:
+def test_filter_operators(
+    indexed: tuple[SearchIndex, np.ndarray], where: FilterGroup, expected: set[int]
+) -> None:
     assert rows_of(indexed[0], where) == expected
 
 
@@ -84,7 +114,9 @@ def test_filter_operators(indexed: tuple[SearchIndex, np.ndarray], where: Filter
     [Condition("colour", "contains", "r"), Condition("rank", "in", 3)],
     ids=["unknown-op", "in-without-list"],
 )
-def test_unsupported_filters_are_refused(indexed: tuple[SearchIndex, np.ndarray], condition: Condition) -> None:
+def test_unsupported_filters_are_refused(
+    indexed: tuple[SearchIndex, np.ndarray], condition: Condition
+) -> None:
     with pytest.raises(UnsupportedFilter):
         indexed[0].mask(FilterGroup((condition,)))
 
@@ -97,4 +129,9 @@ def test_wrong_query_dimension_is_refused(indexed: tuple[SearchIndex, np.ndarray
 def test_top_k_above_candidates_returns_all_of_them(tmp_path: Path) -> None:
     artifact, _ = random_artifact(tmp_path, n=4, dim=8)
     assert len(SearchIndex(artifact).search(np.ones(8, dtype=np.float32), 50)) == 4
-    assert SearchIndex(artifact).search(np.ones(8, dtype=np.float32), 5, equality_filter({"colour": "nope"})) == []
+    assert (
+        SearchIndex(artifact).search(
+            np.ones(8, dtype=np.float32), 5, equality_filter({"colour": "nope"})
+        )
+        == []
+    )

@@ -92,22 +92,32 @@ def test_fetch_missing_is_not_found(store: Store, tmp_path: Path) -> None:
 def test_list_and_delete(store: Store) -> None:
     for key in ["indexes/a/1", "indexes/a/2", "indexes/b/1", "channels/s.json"]:
         store.put(key, key.encode())
-    assert sorted(item.key for item in store.list("indexes/")) == ["indexes/a/1", "indexes/a/2", "indexes/b/1"]
-    assert [item.size for item in store.list("indexes/a/1")] == [len(b"indexes/a/1")]
+    assert sorted(item.key for item in store.list_objects("indexes/")) == [
+        "indexes/a/1",
+        "indexes/a/2",
+        "indexes/b/1",
+    ]
+    assert [item.size for item in store.list_objects("indexes/a/1")] == [len(b"indexes/a/1")]
     store.delete(["indexes/a/1", "indexes/a/2", "indexes/zzz"])
-    assert [item.key for item in store.list("indexes/")] == ["indexes/b/1"]
+    assert [item.key for item in store.list_objects("indexes/")] == ["indexes/b/1"]
 
 
 @pytest.mark.parametrize(
     ("uri", "kind"),
-    [("s3://bucket/some/prefix", S3Store), ("file:///tmp/store", LocalStore), ("relative/store", LocalStore)],
+    [
+        ("s3://bucket/some/prefix", S3Store),
+        ("file:///tmp/store", LocalStore),
+        ("relative/store", LocalStore),
+    ],
     ids=["s3", "file", "path"],
 )
 def test_open_store_by_uri(uri: str, kind: type, s3_endpoint: str) -> None:
     assert isinstance(open_store(uri), kind)
 
 
-@pytest.mark.parametrize("uri", ["s3:///no-bucket", "gs://bucket/x", "http://host/x"], ids=["no-bucket", "gs", "http"])
+@pytest.mark.parametrize(
+    "uri", ["s3:///no-bucket", "gs://bucket/x", "http://host/x"], ids=["no-bucket", "gs", "http"]
+)
 def test_open_store_refuses_bad_uris(uri: str) -> None:
     with pytest.raises(ConfigurationError):
         open_store(uri)
@@ -124,7 +134,7 @@ def test_s3_prefix_is_applied(s3_uri: str) -> None:
     bucket = s3_uri.split("/")[2]
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["rag/channels/x.json"]
-    assert [item.key for item in store.list("channels/")] == ["channels/x.json"]
+    assert [item.key for item in store.list_objects("channels/")] == ["channels/x.json"]
 
 
 def test_s3_missing_bucket_is_a_store_error(s3_endpoint: str) -> None:

@@ -51,17 +51,24 @@ def reference(vectors: np.ndarray, query: np.ndarray, k: int, admit: object = No
     return [f"doc-{rows[i] // 5}#{rows[i] % 5}" for i in np.argsort(-scores)[:k]]
 
 
-def test_retriever_matches_float64_brute_force(setup: tuple[ArtifactVectorStore, np.ndarray]) -> None:
+def test_retriever_matches_float64_brute_force(
+    setup: tuple[ArtifactVectorStore, np.ndarray],
+) -> None:
     store, vectors = setup
     rng = np.random.default_rng(11)
     queries = {f"q{i}": rng.standard_normal(32) for i in range(10)}
-    index = VectorStoreIndex.from_vector_store(store, embed_model=EmbedderAdapter(TableEmbedder(queries)))
+    index = VectorStoreIndex.from_vector_store(
+        store, embed_model=EmbedderAdapter(TableEmbedder(queries))
+    )
     retriever = index.as_retriever(similarity_top_k=10)
     for text, query in queries.items():
         nodes = retriever.retrieve(text)
         assert [n.node.node_id for n in nodes] == reference(vectors, query, 10)
         assert isinstance(nodes[0].node, TextNode)
-        assert nodes[0].node.relationships[NodeRelationship.SOURCE].node_id == nodes[0].node.node_id.split("#")[0]
+        assert (
+            nodes[0].node.relationships[NodeRelationship.SOURCE].node_id
+            == nodes[0].node.node_id.split("#")[0]
+        )
 
 
 def test_metadata_filters_are_applied(setup: tuple[ArtifactVectorStore, np.ndarray]) -> None:
@@ -79,16 +86,27 @@ def test_metadata_filters_are_applied(setup: tuple[ArtifactVectorStore, np.ndarr
             ),
         ]
     )
-    result = store.query(VectorStoreQuery(query_embedding=list(query), similarity_top_k=8, filters=filters))
-    assert result.ids == reference(vectors, query, 8, lambda i: i % 3 == 1 and (i % 10 <= 2 or i % 10 >= 8))
-    assert result.similarities is not None and result.similarities == sorted(result.similarities, reverse=True)
+    result = store.query(
+        VectorStoreQuery(query_embedding=list(query), similarity_top_k=8, filters=filters)
+    )
+    assert result.ids == reference(
+        vectors, query, 8, lambda i: i % 3 == 1 and (i % 10 <= 2 or i % 10 >= 8)
+    )
+    assert result.similarities is not None
+    assert result.similarities == sorted(result.similarities, reverse=True)
 
 
-def test_query_engine_retrieves_with_a_precomputed_embedding(setup: tuple[ArtifactVectorStore, np.ndarray]) -> None:
+def test_query_engine_retrieves_with_a_precomputed_embedding(
+    setup: tuple[ArtifactVectorStore, np.ndarray],
+) -> None:
     store, vectors = setup
     query = np.random.default_rng(13).standard_normal(32)
-    index = VectorStoreIndex.from_vector_store(store, embed_model=EmbedderAdapter(TableEmbedder({})))
-    nodes = index.as_retriever(similarity_top_k=3).retrieve(QueryBundle("anything", embedding=list(query)))
+    index = VectorStoreIndex.from_vector_store(
+        store, embed_model=EmbedderAdapter(TableEmbedder({}))
+    )
+    nodes = index.as_retriever(similarity_top_k=3).retrieve(
+        QueryBundle("anything", embedding=list(query))
+    )
     assert [n.node.node_id for n in nodes] == reference(vectors, query, 3)
 
 
@@ -96,26 +114,37 @@ def test_query_engine_retrieves_with_a_precomputed_embedding(setup: tuple[Artifa
     ("query", "error"),
     [
         (VectorStoreQuery(query_embedding=None), InvalidRequest),
-        (VectorStoreQuery(query_embedding=[1.0] * 32, mode=VectorStoreQueryMode.SPARSE), InvalidRequest),
+        (
+            VectorStoreQuery(query_embedding=[1.0] * 32, mode=VectorStoreQueryMode.SPARSE),
+            InvalidRequest,
+        ),
         (VectorStoreQuery(query_embedding=[1.0] * 32, doc_ids=["doc-1"]), UnsupportedFilter),
         (
             VectorStoreQuery(
                 query_embedding=[1.0] * 32,
-                filters=MetadataFilters(filters=[MetadataFilter(key="colour", value="x")], condition=FilterCondition.NOT),
+                filters=MetadataFilters(
+                    filters=[MetadataFilter(key="colour", value="x")], condition=FilterCondition.NOT
+                ),
             ),
             UnsupportedFilter,
         ),
         (
             VectorStoreQuery(
                 query_embedding=[1.0] * 32,
-                filters=MetadataFilters(filters=[MetadataFilter(key="colour", value="x", operator=FilterOperator.TEXT_MATCH)]),
+                filters=MetadataFilters(
+                    filters=[
+                        MetadataFilter(key="colour", value="x", operator=FilterOperator.TEXT_MATCH)
+                    ]
+                ),
             ),
             UnsupportedFilter,
         ),
     ],
     ids=["no-embedding", "sparse", "doc-ids", "not", "text-match"],
 )
-def test_unsupported_queries_are_refused(setup: tuple[ArtifactVectorStore, np.ndarray], query: VectorStoreQuery, error: type) -> None:
+def test_unsupported_queries_are_refused(
+    setup: tuple[ArtifactVectorStore, np.ndarray], query: VectorStoreQuery, error: type
+) -> None:
     with pytest.raises(error):
         setup[0].query(query)
 

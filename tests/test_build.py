@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+from functions.artifact import PROBE_TEXT
+from functions.catalog import fetch_artifact, read_manifest
+from functions.embeddings import OllamaEmbedder
+from functions.errors import ConfigurationError, UpstreamError
+from functions.storage import open_store
+from index_builder.build import chunk_documents
+from index_builder.job import run_build
+from index_builder.sources import load_documents
+
+from .conftest import Ollama, write_corpus
+
+
+def build_and_publish(
+    source: Path | str, store_uri: str, ollama: Ollama, channel: str = "stable"
+) -> str:
+    """What ``python -m index_builder build`` does, through the API."""
+    embedder = OllamaEmbedder("nomic-embed-text", ollama.url, batch_size=8)
+    return run_build(
+        open_store(store_uri),
+        str(source),
+        embedder,
+        channel=channel,
+        chunk_size=64,
+        chunk_overlap=8,
+    ).index_id
+
+
+def test_documents_become_chunks_with_stable_ids(corpus: Path) -> None:
+    documents = load_documents(str(corpus))
+    assert sorted(d.id_ for d in documents) == [f"doc-{i}.md" for i in range(6)]
+    assert documents[0].metadata == {
+        "source": documents[0].id_,
+        "file_name": documents[0].id_,
+        "file_type": "md",
+    }
+    records = chunk_documents(documents, chunk_size=64, chunk_overlap=8)
+    assert len(records) > len(documents)
+    assert records == chunk_documents(documents, chunk_size=64, chunk_overlap=8)
+    first = [r for r in records if r.doc_id == "doc-0.md"]
+    assert [r.id for r in first] == [f"doc-0.md#{n}" for n in range(len(first))]
+
+
+def test_html_is_read_as_text_and_other_files_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>T</title></head><body><h1>Guide</h1><p>Scale to zero.</p></body></html>"
+    )
+    (tmp_path / "notes.txt").write_text("plain text notes")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    documents = {d.id_: d for d in load_documents(str(tmp_path))}
+    assert sorted(documents) == ["notes.txt", "page.html"]
+    assert "Scale to zero." in documents["page.html"].text
+    assert "<p>" not in documents["page.html"].text
+
+
+def test_empty_or_missing_source_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"no \.txt"):
+        load_documents(str(tmp_path))
+    with pytest.raises(ConfigurationError, match="not a folder"):
+        load_documents(str(tmp_path / "absent"))
+
+
+def test_documents_from_an_s3_prefix(s3_uri: str, corpus: Path) -> None:
+    bucket = s3_uri.split("/")[2]
+    client = boto3.client("s3")
+    for path in corpus.iterdir():
+        client.upload_file(str(path), bucket, f"docs/{path.name}")
+    client.put_object(Bucket=bucket, Key="docs/skip.bin", Body=b"x")
+    documents = load_documents(f"s3://{bucket}/docs")
+    assert sorted(d.metadata["source"] for d in documents) == [
+        f"s3://{bucket}/docs/doc-{i}.md" for i in range(6)
+    ]
+
+
+def test_rebuild_embeds_only_the_changed_document(
+    corpus: Path, s3_uri: str, ollama: Ollama, tmp_path: Path
+) -> None:
+    first = build_and_publish(corpus, s3_uri, ollama)
+    manifest = read_manifest(open_store(s3_uri), "stable")
+    assert manifest.index_id == first
+    assert manifest.counts.reused == 0
+    assert manifest.counts.embedded == manifest.counts.chunks
+
+    (corpus / "doc-3.md").write_text("# Changed\n\nThis document was rewritten entirely. " * 5)
+    ollama.double.embedded.clear()
+    second = build_and_publish(corpus, s3_uri, ollama)
+    rebuilt = read_manifest(open_store(s3_uri), "stable")
+    artifact = fetch_artifact(open_store(s3_uri), rebuilt, tmp_path / "cache")
+    changed = [
+        artifact.record(row).text
+        for row in range(len(artifact))
+        if artifact.record(row).doc_id == "doc-3.md"
+    ]
+    assert second != first
+    assert rebuilt.counts.embedded == len(changed)
+    assert rebuilt.counts.reused == rebuilt.counts.chunks - len(changed)
+    assert sorted(ollama.double.embedded) == sorted([*changed, PROBE_TEXT])
+
+
+def test_embedding_failure_fails_the_build_without_publishing(
+    corpus: Path, s3_uri: str, ollama: Ollama, tmp_path: Path
+) -> None:
+    ollama.double.fail_embed = True
+    with pytest.raises(UpstreamError, match="nomic-embed-text"):
+        build_and_publish(corpus, s3_uri, ollama)
+    assert open_store(s3_uri).list_objects("") == []
+
+
+def test_chunk_overlap_must_be_below_chunk_size(corpus: Path) -> None:
+    with pytest.raises(ConfigurationError, match="overlap"):
+        chunk_documents(load_documents(str(corpus)), chunk_size=64, chunk_overlap=64)
+
+
+def test_large_corpus_fills_many_embedding_batches(
+    tmp_path: Path, s3_uri: str, ollama: Ollama
+) -> None:
+    source = write_corpus(tmp_path / "big", documents=40, paragraphs=6)
+    build_and_publish(source, s3_uri, ollama)
+    manifest = read_manifest(open_store(s3_uri), "stable")
+    assert manifest.counts.documents == 40
+    assert manifest.counts.chunks == manifest.counts.embedded > 512
+    assert len(ollama.double.embedded) == manifest.counts.chunks + 1

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from functions.catalog import index_key, read_channel, read_manifest
+from functions.embeddings import OllamaEmbedder
+from functions.errors import ArtifactError, ObjectNotFound, WriteConflict
+from functions.storage import Store, open_store
+from index_builder.build import build_artifact
+from index_builder.publish import catalog, collect_garbage, promote, publish, upload_index
+from index_builder.sources import load_documents
+
+from .conftest import Ollama, write_corpus
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "local":
+        return open_store(str(tmp_path / "store"))
+    return open_store(request.getfixturevalue("s3_uri"))
+
+
+def built(tmp_path: Path, ollama: Ollama, name: str, documents: int = 2):
+    source = write_corpus(tmp_path / f"src-{name}", documents=documents)
+    (source / "unique.md").write_text(f"# {name}\n\nA document only build {name} has.\n")
+    embedder = OllamaEmbedder("nomic-embed-text", ollama.url)
+    return build_artifact(
+        load_documents(str(source)),
+        embedder,
+        tmp_path / f"out-{name}",
+        chunk_size=64,
+        chunk_overlap=8,
+    )
+
+
+def test_racing_publishers_one_wins_the_other_is_told(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    first, second = built(tmp_path, ollama, "a"), built(tmp_path, ollama, "b")
+    barrier = threading.Barrier(2)
+    outcome: dict[str, str] = {}
+
+    def run(report) -> None:  # both builds started when the channel did not exist yet
+        barrier.wait()
+        try:
+            publish(store, report.directory, report.manifest, channel="stable", expected_etag=None)
+            outcome[report.manifest.index_id] = "won"
+        except WriteConflict:
+            outcome[report.manifest.index_id] = "lost"
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcome.values()) == ["lost", "won"]
+    winner = next(i for i, o in outcome.items() if o == "won")
+    assert read_channel(store, "stable")[0].index_id == winner
+    # The loser's index is complete in the store (only its pointer move lost): promotable.
+    loser = next(i for i, o in outcome.items() if o == "lost")
+    assert read_manifest(store, loser).index_id == loser
+
+
+def test_publish_against_a_stale_etag_is_refused(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    a, b, c = (
+        built(tmp_path, ollama, "a"),
+        built(tmp_path, ollama, "b"),
+        built(tmp_path, ollama, "c"),
+    )
+    publish(store, a.directory, a.manifest, channel="stable", expected_etag=None)
+    _, etag = read_channel(store, "stable")
+    publish(store, b.directory, b.manifest, channel="stable", expected_etag=etag)
+    with pytest.raises(WriteConflict):
+        publish(store, c.directory, c.manifest, channel="stable", expected_etag=etag)
+    assert read_channel(store, "stable")[0].index_id == b.manifest.index_id
+
+
+def test_an_index_is_published_only_once(store: Store, tmp_path: Path, ollama: Ollama) -> None:
+    a = built(tmp_path, ollama, "a")
+    upload_index(store, a.directory, a.manifest)
+    with pytest.raises(WriteConflict):
+        upload_index(store, a.directory, a.manifest)
+
+
+def test_promote_moves_a_channel_and_checks_expectations(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    a, b = built(tmp_path, ollama, "a"), built(tmp_path, ollama, "b")
+    publish(store, a.directory, a.manifest, channel="stable", expected_etag=None)
+    publish(store, b.directory, b.manifest, channel=None, expected_etag=None)
+    with pytest.raises(WriteConflict, match="not 20"):
+        promote(store, "stable", b.manifest.index_id, expected_index=b.manifest.index_id)
+    pointer = promote(store, "stable", b.manifest.index_id, expected_index=a.manifest.index_id)
+    assert read_channel(store, "stable")[0] == pointer
+    assert promote(store, "canary", a.manifest.index_id).index_id == a.manifest.index_id
+    with pytest.raises(ObjectNotFound):
+        promote(store, "stable", "20990101-000000-deadbeef")
+
+
+def test_promote_refuses_an_incomplete_index(store: Store, tmp_path: Path, ollama: Ollama) -> None:
+    a = built(tmp_path, ollama, "a")
+    store.upload(index_key(a.manifest.index_id, "vectors.f32"), a.directory / "vectors.f32")
+    with pytest.raises(ObjectNotFound):
+        promote(store, "stable", a.manifest.index_id)
+    store.put(index_key(a.manifest.index_id), b"{}")
+    with pytest.raises(ArtifactError):
+        promote(store, "stable", a.manifest.index_id)
+
+
+def test_catalog_and_gc_keep_what_channels_point_to(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    reports = [built(tmp_path, ollama, name) for name in "abcde"]
+    ids = sorted(r.manifest.index_id for r in reports)
+    for report in sorted(reports, key=lambda r: r.manifest.index_id):
+        publish(store, report.directory, report.manifest, channel=None, expected_etag=None)
+    promote(store, "stable", ids[0])
+    # A build that died mid-upload: data files but no manifest.
+    store.upload(
+        "indexes/20200101-000000-0badc0de/vectors.f32", reports[0].directory / "vectors.f32"
+    )
+
+    indexes, channels = catalog(store)
+    assert [i.index_id for i in indexes] == sorted([*ids, "20200101-000000-0badc0de"], reverse=True)
+    assert [i.complete for i in indexes] == [True] * 5 + [False]
+    assert {name: p.index_id for name, p in channels.items()} == {"stable": ids[0]}
+
+    assert collect_garbage(store, keep=2, incomplete_after=timedelta(hours=1)) == [ids[2], ids[1]]
+    assert collect_garbage(store, keep=2, incomplete_after=timedelta(0), dry_run=True) == [
+        "20200101-000000-0badc0de"
+    ]
+    collect_garbage(store, keep=2, incomplete_after=timedelta(0))
+    assert [i.index_id for i in catalog(store)[0]] == [ids[4], ids[3], ids[0]]
+    assert read_manifest(store, "stable").index_id == ids[0]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from functions.settings import Settings
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.model_dump() == {
+        "store_uri": None,
+        "index": "stable",
+        "cache_dir": Path("/tmp/knative-rag"),
+        "embed_provider": "ollama",
+        "embed_model": None,
+        "embed_batch_size": 32,
+        "llm_provider": "ollama",
+        "llm_model": "llama3.2",
+        "llm_context_window": 8192,
+        "llm_timeout_s": 120.0,
+        "probe_min_cosine": 0.99,
+        "chunk_size": None,
+        "chunk_overlap": 64,
+        "log_level": "INFO",
+        "ollama_host": "http://127.0.0.1:11434",
+        "port": 8080,
+        "revision": None,
+    }
+
+
+def test_reads_prefixed_and_ecosystem_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "RAG_STORE_URI": "s3://bucket/rag",
+        "RAG_INDEX": "20261127-081500-3f2a9c1d",
+        "RAG_EMBED_PROVIDER": "local",
+        "RAG_LLM_PROVIDER": "none",
+        "RAG_CHUNK_SIZE": "256",
+        "OLLAMA_HOST": "ollama.models:11434",
+        "PORT": "9090",
+        "K_REVISION": "rag-query-00002",
+        "RAG_OLLAMA_HOST": "ignored",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.store_uri, settings.index, settings.embed_provider, settings.llm_provider) == (
+        "s3://bucket/rag",
+        "20261127-081500-3f2a9c1d",
+        "local",
+        "none",
+    )
+    assert (settings.chunk_size, settings.ollama_host, settings.port, settings.revision) == (
+        256,
+        "ollama.models:11434",
+        9090,
+        "rag-query-00002",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RAG_EMBED_PROVIDER", "openai"),
+        ("RAG_LLM_PROVIDER", "gpt"),
+        ("PORT", "http"),
+        ("RAG_PROBE_MIN_COSINE", "2"),
+    ],
+    ids=["provider", "llm", "port", "cosine"],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
