@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import time
 
-import uvicorn
+_STARTED = time.time()  # before the imports below, so cold-start figures include them
 
-from .app import create_app
-from .settings import Settings
+import logging  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from .app import create_app  # noqa: E402
+from .loader import IndexLoader  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 
 def main() -> None:
@@ -16,8 +21,10 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    loader = IndexLoader(settings, started_at=_STARTED)
+    loader.timings["imports"] = time.time() - _STARTED
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, loader=loader),
         host="0.0.0.0",
         port=settings.port,
         log_level=settings.log_level.lower(),

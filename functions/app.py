@@ -147,7 +147,15 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     async def readyz() -> Response:
         if loader.service is None:
             return problem(503, loader.reason or "not ready", "Index not ready", state=loader.state)
-        return JSONResponse({"status": "ready", "index_id": loader.service.index_id})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "index_id": loader.service.index_id,
+                "started_at": loader.started_at,
+                "ready_at": loader.ready_at,
+                "timings_s": {name: round(value, 4) for name, value in loader.timings.items()},
+            }
+        )
 
     @app.post(
         "/query", response_model=QueryResponse, summary="Answer a question, or retrieve sources."

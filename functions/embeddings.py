@@ -1,8 +1,13 @@
-"""Embedding providers: Ollama (through LlamaIndex's official integration) and a local model.
+"""Embedding providers: Ollama and a local model.
 
-Both return float32 rows, L2-normalised, so that a dot product is a cosine similarity — the
+All return float32 rows, L2-normalised, so that a dot product is a cosine similarity — the
 artifact's vectors are stored the same way. Heavy imports happen inside the constructors, so
 importing this module costs nothing at cold start.
+
+Two Ollama clients speak the same ``POST /api/embed``: the builder embeds through LlamaIndex's
+official integration (``OllamaEmbedder``); the query function embeds one query at a time with
+``OllamaQueryEmbedder``, a plain HTTP client, because importing ``llama_index.core`` costs more
+than a second of cold start and retrieve mode needs nothing else from it.
 """
 
 from __future__ import annotations
@@ -89,6 +94,47 @@ class OllamaEmbedder:
             raise UpstreamError(f"Ollama embedding with {self.model!r} failed: {exc}") from exc
 
 
+class OllamaQueryEmbedder:
+    """Ollama's ``POST /api/embed`` over one pooled HTTP client, without LlamaIndex."""
+
+    provider = "ollama"
+
+    def __init__(
+        self, model: str, host: str, *, batch_size: int = 32, timeout_s: float = 60.0
+    ) -> None:
+        import httpx
+
+        self.model = model
+        self._batch_size = batch_size
+        self._client = httpx.Client(base_url=ollama_base_url(host), timeout=timeout_s)
+        self._http_error = httpx.HTTPError
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        try:
+            response = self._client.post("/api/embed", json={"model": self.model, "input": texts})
+        except self._http_error as exc:
+            raise UpstreamError(f"Ollama at {self._client.base_url} is unreachable: {exc}") from exc
+        if response.status_code != 200:
+            raise UpstreamError(
+                f"Ollama embedding with {self.model!r} failed: {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        embeddings: list[list[float]] = response.json()["embeddings"]
+        return embeddings
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed in batches of ``batch_size``."""
+        batches = [
+            list(texts[i : i + self._batch_size]) for i in range(0, len(texts), self._batch_size)
+        ]
+        return normalize([vector for batch in batches for vector in self._embed(batch)])
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one query."""
+        vector: npt.NDArray[np.float32] = normalize(self._embed([text]))[0]
+        return vector
+
+
 class LocalEmbedder:
     """all-MiniLM-L6-v2 run in-process by sentence-transformers, offline (the ``local`` extra)."""
 
@@ -123,11 +169,17 @@ class LocalEmbedder:
 
 
 def make_embedder(
-    provider: str, model: str | None, *, ollama_host: str, batch_size: int = 32
+    provider: str,
+    model: str | None,
+    *,
+    ollama_host: str,
+    batch_size: int = 32,
+    queries: bool = False,
 ) -> Embedder:
-    """Build the embedder a provider name and model name describe."""
+    """The embedder a provider and model describe; ``queries`` picks the light Ollama client."""
     if provider == "ollama":
-        return OllamaEmbedder(model or "nomic-embed-text", ollama_host, batch_size=batch_size)
+        kind = OllamaQueryEmbedder if queries else OllamaEmbedder
+        return kind(model or "nomic-embed-text", ollama_host, batch_size=batch_size)
     if provider == "local":
         return LocalEmbedder(model or LOCAL_MODEL)
     raise ConfigurationError(f"unknown embedding provider {provider!r} (use 'ollama' or 'local')")

@@ -64,8 +64,11 @@ class IndexLoader:
         *,
         store: Store | None = None,
         embedder_factory: EmbedderFactory | None = None,
+        started_at: float | None = None,
     ) -> None:
         self.settings = settings
+        self.started_at = started_at or time.time()
+        self.ready_at: float | None = None
         self._store = store
         self._embedder_factory = embedder_factory or self._default_embedder
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
@@ -81,6 +84,7 @@ class IndexLoader:
             model,
             ollama_host=settings.ollama_host,
             batch_size=settings.embed_batch_size,
+            queries=True,
         )
 
     def start(self) -> threading.Thread | None:
@@ -123,7 +127,8 @@ class IndexLoader:
             self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
             logger.exception("index load failed")
             return
-        self.timings["total"] = time.perf_counter() - started
+        self.timings["load"] = time.perf_counter() - started
+        self.ready_at = time.time()
         self.state, self.reason = "ready", None
         logger.info(
             "serving index %s (%d chunks): %s",

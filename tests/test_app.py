@@ -91,7 +91,10 @@ def test_build_publish_start_ready_query(
     with function(settings_for(published.store_uri, ollama, tmp_path)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = wait_ready(client)
-        assert ready.json() == {"status": "ready", "index_id": published.index_id}
+        body = ready.json()
+        assert (body["status"], body["index_id"]) == ("ready", published.index_id)
+        assert set(body["timings_s"]) == {"fetch_and_verify", "map", "model_check", "load"}
+        assert body["started_at"] <= body["ready_at"]
         response = client.post("/query", json={"query": chunk.text, "mode": "retrieve", "top_k": 3})
     assert response.status_code == 200
     assert response.headers["x-index-id"] == published.index_id
