@@ -15,7 +15,7 @@ from typing import Any
 
 from llama_index.core import Document, SimpleDirectoryReader
 
-from functions.errors import ConfigurationError
+from functions.errors import ConfigurationError, InvalidRequest
 from functions.storage import open_store
 
 __all__ = ["SUPPORTED_EXTENSIONS", "load_documents"]
@@ -43,7 +43,16 @@ def _read(root: Path, label_prefix: str) -> list[Document]:
     from llama_index.readers.file import HTMLTagReader
 
     root = root.resolve()
-    if not any(p.suffix.lower() in SUPPORTED_EXTENSIONS for p in root.rglob("*") if p.is_file()):
+    # Hidden files and folders below the source are skipped; the source itself may live under a
+    # hidden folder (LlamaIndex's own check would skip every file of ~/.cache/docs).
+    files = sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in SUPPORTED_EXTENSIONS
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+    if not files:
         raise ConfigurationError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files under the source")
 
     def metadata(path: str) -> dict[str, Any]:
@@ -56,14 +65,18 @@ def _read(root: Path, label_prefix: str) -> list[Document]:
 
     html = HTMLTagReader(tag="body")
     reader = SimpleDirectoryReader(
-        input_dir=str(root),
-        recursive=True,
-        required_exts=list(SUPPORTED_EXTENSIONS),
+        input_files=[str(path) for path in files],
+        exclude_hidden=False,
         file_extractor={".html": html, ".htm": html},
         file_metadata=metadata,
         raise_on_error=True,
     )
-    documents = reader.load_data(show_progress=False)
+    try:
+        documents = reader.load_data(show_progress=False)
+    except Exception as exc:  # a reader failed on one file: name it, without a traceback
+        raise InvalidRequest(
+            f"could not read the source documents: {type(exc).__name__}: {exc}"
+        ) from exc
     seen: Counter[str] = Counter()
     for document in documents:
         source = document.metadata["source"]

@@ -146,3 +146,16 @@ class OllamaDouble:
     async def tags(self, request: Request) -> Response:
         names = [*self.models, *self.chat_models]
         return JSONResponse({"models": [{"name": name, "model": name} for name in names]})
+
+
+def create_app() -> Starlette:
+    """``uvicorn tests.ollama_double:create_app --factory``: the double in its own process.
+
+    ``OLLAMA_DOUBLE_DIM`` sets nomic-embed-text's dimension (default 768, as the real model);
+    ``OLLAMA_DOUBLE_LATENCY_S`` delays every embed and chat answer.
+    """
+    import os
+
+    double = OllamaDouble({"nomic-embed-text": int(os.environ.get("OLLAMA_DOUBLE_DIM", "768"))})
+    double.latency_s = float(os.environ.get("OLLAMA_DOUBLE_LATENCY_S", "0"))
+    return double.app

@@ -8,7 +8,7 @@ import pytest
 from functions.artifact import PROBE_TEXT
 from functions.catalog import fetch_artifact, read_manifest
 from functions.embeddings import OllamaEmbedder
-from functions.errors import ConfigurationError, UpstreamError
+from functions.errors import ConfigurationError, InvalidRequest, UpstreamError
 from functions.storage import open_store
 from index_builder.build import chunk_documents
 from index_builder.job import run_build
@@ -126,3 +126,55 @@ def test_large_corpus_fills_many_embedding_batches(
     assert manifest.counts.documents == 40
     assert manifest.counts.chunks == manifest.counts.embedded > 512
     assert len(ollama.double.embedded) == manifest.counts.chunks + 1
+
+
+def test_sources_under_a_hidden_folder_are_read_but_hidden_files_inside_are_not(
+    tmp_path: Path,
+) -> None:
+    source = write_corpus(tmp_path / ".cache" / "docs", documents=2)
+    (source / ".git").mkdir()
+    (source / ".git" / "notes.md").write_text("internal")
+    (source / ".draft.md").write_text("draft")
+    assert sorted(d.id_ for d in load_documents(str(source))) == ["doc-0.md", "doc-1.md"]
+
+
+def test_an_unreadable_document_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    with pytest.raises(InvalidRequest, match=r"could not read the source documents"):
+        load_documents(str(tmp_path))
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF whose content stream draws ``text`` in Helvetica."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_pdf_pages_are_read_with_llamaindex_pdf_reader(tmp_path: Path) -> None:
+    (tmp_path / "guide.pdf").write_bytes(_pdf("Knative scales the query function to zero."))
+    (document,) = load_documents(str(tmp_path))
+    assert "Knative scales the query function to zero." in document.text
+    assert (document.id_, document.metadata["source"], document.metadata["file_type"]) == (
+        "guide.pdf",
+        "guide.pdf",
+        "pdf",
+    )
