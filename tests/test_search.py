@@ -135,3 +135,33 @@ def test_top_k_above_candidates_returns_all_of_them(tmp_path: Path) -> None:
         )
         == []
     )
+
+
+def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(
+    indexed: tuple[SearchIndex, np.ndarray],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    index, vectors = indexed
+    rng = np.random.default_rng(9)
+    queries = rng.standard_normal((64, 48))
+    filters = [equality_filter({"colour": "red"}) if i % 4 == 0 else None for i in range(64)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(
+            pool.map(
+                lambda i: index.search(queries[i].astype(np.float32), 7, filters[i]), range(64)
+            )
+        )
+    for i, hits in enumerate(results):
+        admitted = np.arange(len(vectors))[::3] if filters[i] else None
+        assert [hit.row for hit in hits] == brute_force(vectors, queries[i], 7, admitted)
+
+
+def test_close_stops_the_worker_and_a_new_search_restarts_it(tmp_path: Path) -> None:
+    artifact, vectors = random_artifact(tmp_path, n=50, dim=8)
+    index = SearchIndex(artifact)
+    query = np.ones(8, dtype=np.float32)
+    first = index.search(query, 3)
+    index.close()
+    assert [hit.row for hit in index.search(query, 3)] == [hit.row for hit in first]
+    index.close()

@@ -1,0 +1,402 @@
+"""``make bench``: cold start, query speed and memory of knative-rag against LlamaIndex's default.
+
+    python bench/run.py [--sizes 1000,10000,100000,300000] [--repeat 3] [--dim 768]
+
+Everything runs on this machine over loopback: moto's S3 server (in its own process) holds the
+indexes, the Ollama double (its own process) embeds instantly and answers chat instantly, and
+every cold start spawns ``python -m functions``, the container's command. Indexes up to 10k
+chunks are built by the real builder CLI; larger ones by the builder's own artifact writer and
+publisher from the same corpus and the double's vectors (the CLI's sentence splitting alone
+would take minutes). Writes bench/results.json and bench/results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import corpus as synthetic  # noqa: E402
+from bench.services import (  # noqa: E402
+    cold_start,
+    free_port,
+    moto_server,
+    ollama_double,
+    peak_rss_mb,
+    request,
+    spawned,
+    wait_http,
+)
+from functions.artifact import DATA_FILES  # noqa: E402
+from functions.catalog import index_key, read_manifest  # noqa: E402
+from functions.storage import open_store  # noqa: E402
+
+WORK = ROOT / "bench" / ".work"
+BUCKET = "bench-knative-rag"
+
+
+def _machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": pick(0.50) * 1000, "p95_ms": pick(0.95) * 1000, "p99_ms": pick(0.99) * 1000}
+
+
+def build(
+    size: int, corpus: list[str], store_uri: str, env: dict[str, str], dim: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    if size <= 10_000:
+        source = synthetic.write_files(WORK / f"docs-{size}", corpus)
+        command = [
+            sys.executable,
+            "-m",
+            "index_builder",
+            "--store",
+            store_uri,
+            "build",
+            "--source",
+            str(source),
+            "--channel",
+            "stable",
+        ]
+        done = subprocess.run(
+            command, env=env, cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        index_id, how = done.stdout.strip(), "index_builder CLI"
+    else:
+        index_id = synthetic.publish_synthetic(
+            open_store(store_uri), corpus, dim, WORK / f"artifact-{size}"
+        )
+        how = "builder's writer + publisher"
+    manifest = read_manifest(open_store(store_uri), "stable")
+    return {
+        "index_id": index_id,
+        "built_by": how,
+        "build_s": time.perf_counter() - started,
+        "chunks": manifest.counts.chunks,
+        "artifact_bytes": sum(f.size for f in manifest.files.values()),
+        "vector_bytes": manifest.files["vectors.f32"].size,
+    }
+
+
+def read_files_s(store_uri: str, index_id: str) -> float:
+    """Time to stream the artifact's files from the store (4 parallel GETs, no hashing)."""
+    store = open_store(store_uri)
+    client, bucket = store.client, store.bucket  # type: ignore[attr-defined]
+
+    def read(name: str) -> None:
+        body = client.get_object(Bucket=bucket, Key=f"{store.prefix}/{index_key(index_id, name)}")[
+            "Body"
+        ]  # type: ignore[attr-defined]
+        for _ in body.iter_chunks(8 * 1024 * 1024):
+            pass
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(read, DATA_FILES))
+    return time.perf_counter() - started
+
+
+def query_load(
+    env: dict[str, str], queries: list[str], plan: list[tuple[int, int]]
+) -> dict[str, Any]:
+    port = free_port()
+    env = {**env, "PORT": str(port), "RAG_CACHE_DIR": str(WORK / "cache-load")}
+    results: dict[str, Any] = {}
+    with spawned([sys.executable, "-m", "functions"], env, WORK / "function-load.log") as proc:
+        wait_http(port, "/readyz")
+        while request(port, "GET", "/readyz")[0] != 200:
+            time.sleep(0.05)
+        results["rss_after_load_mb"] = peak_rss_mb(proc.pid)
+        bodies = [
+            json.dumps({"query": q, "mode": "retrieve", "top_k": 10}).encode() for q in queries
+        ]
+        for concurrency, total in plan:
+            latencies: list[float] = []
+            errors = 0
+            counter = iter(range(total))
+            lock = threading.Lock()
+
+            def worker() -> None:
+                nonlocal errors
+                import http.client
+
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                while True:
+                    with lock:
+                        n = next(counter, None)
+                    if n is None:
+                        break
+                    started = time.perf_counter()
+                    conn.request(
+                        "POST",
+                        "/query",
+                        body=bodies[n % len(bodies)],
+                        headers={"Content-Type": "application/json"},
+                    )
+                    response = conn.getresponse()
+                    response.read()
+                    latencies.append(time.perf_counter() - started)
+                    if response.status != 200:
+                        errors += 1
+                conn.close()
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+            results[f"c{concurrency}"] = {
+                "requests": total,
+                "errors": errors,
+                "rps": total / wall,
+                **_percentiles(latencies),
+            }
+            print(
+                f"  retrieve c={concurrency:<3} {total / wall:7.1f} req/s  p50 {results[f'c{concurrency}']['p50_ms']:.1f} ms  p99 {results[f'c{concurrency}']['p99_ms']:.1f} ms  errors {errors}",
+                flush=True,
+            )
+        results["rss_after_queries_mb"] = peak_rss_mb(proc.pid)
+    return results
+
+
+def baseline(
+    size: int,
+    corpus: list[str],
+    store_uri: str,
+    env: dict[str, str],
+    ollama: str,
+    dim: int,
+    query: str,
+) -> dict[str, Any]:
+    """LlamaIndex's default: persist a VectorStoreIndex, upload it; a fresh process loads it."""
+    import boto3
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.embeddings.ollama import OllamaEmbedding
+
+    from functions.embeddings import normalize
+
+    nodes = [
+        TextNode(
+            id_=f"doc-{i:06d}.txt#0",
+            text=text,
+            embedding=[float(x) for x in normalize(synthetic.vector(text, dim))],
+        )
+        for i, text in enumerate(corpus)
+    ]
+    index = VectorStoreIndex(
+        nodes, embed_model=OllamaEmbedding(model_name="nomic-embed-text", base_url=ollama)
+    )
+    persist_dir = WORK / f"persist-{size}"
+    started = time.perf_counter()
+    index.storage_context.persist(persist_dir=str(persist_dir))
+    persist_s = time.perf_counter() - started
+    client = boto3.client("s3")
+    prefix = f"baseline-{size}/"
+    for path in persist_dir.iterdir():
+        client.upload_file(str(path), BUCKET, prefix + path.name)
+    spawned_at = time.time()
+    done = subprocess.run(
+        [sys.executable, "bench/baseline.py", "persisted", BUCKET, prefix, ollama, query],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    result["persist_s"] = persist_s
+    result["persisted_bytes"] = sum(p.stat().st_size for p in persist_dir.iterdir())
+    result["interpreter_s"] = result["started_at"] - spawned_at
+    result["total_s"] = result["first_result_at"] - spawned_at
+    spawned_at = time.time()
+    done = subprocess.run(
+        [sys.executable, "bench/baseline.py", "seed", str(WORK / f"docs-{size}"), ollama, query],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seed = json.loads(done.stdout)
+    seed["total_s"] = seed["first_result_at"] - spawned_at
+    return {"persisted": result, "seed": seed}
+
+
+def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
+    return {k: statistics.median(run[k] for run in runs) for k in keys}
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(s) for s in results["sizes"])
+    entries = [results["sizes"][str(s)] for s in sizes]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for mode, style in (("retrieve", "o-"), ("answer", "s-")):
+        ax.plot(
+            sizes,
+            [e["cold_start"][mode]["median"]["total_s"] for e in entries],
+            style,
+            label=f"knative-rag, {mode} mode",
+        )
+    ax.plot(
+        sizes,
+        [e["load_s"] for e in entries],
+        "^:",
+        label="knative-rag, load only (download+verify+map)",
+    )
+    base = [(s, e["baseline"]) for s, e in zip(sizes, entries, strict=True) if "baseline" in e]
+    if base:
+        ax.plot(
+            [s for s, _ in base],
+            [b["persisted"]["total_s"] for _, b in base],
+            "x--",
+            label="LlamaIndex persist + load_index_from_storage",
+        )
+        ax.plot(
+            [s for s, _ in base],
+            [b["seed"]["total_s"] for _, b in base],
+            "d--",
+            label="LlamaIndex rebuild from documents at start",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"chunks ({results['dim']}-d vectors)")
+    ax.set_ylabel("process start → first answer (s)")
+    ax.set_title("Cold start vs index size", fontsize=11)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, results["machine"][:110], fontsize=6, alpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000,300000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--baseline-sizes", default="1000,10000")
+    parser.add_argument(
+        "--load-size", type=int, default=100_000, help="index size for the query load test"
+    )
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    baseline_sizes = {int(s) for s in args.baseline_sizes.split(",") if s}
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    began = time.perf_counter()
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "store": "moto's S3 server over loopback HTTP, one process (not S3: no network, ~1 GB/s per GET)",
+        "llm_and_embeddings": "Ollama double over loopback HTTP, instant answers",
+        "dim": args.dim,
+        "sizes": {},
+    }
+    with moto_server(WORK) as s3, ollama_double(WORK, args.dim) as ollama:
+        aws = {
+            "AWS_ENDPOINT_URL_S3": s3,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        os.environ.update(aws)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        env = {
+            **os.environ,
+            **aws,
+            "OLLAMA_HOST": ollama,
+            "RAG_INDEX": "stable",
+            "RAG_LLM_PROVIDER": "ollama",
+            "RAG_LOG_LEVEL": "WARNING",
+        }
+        corpus = synthetic.texts(max(sizes))
+        query = corpus[min(123, len(corpus) - 1)]
+        for size in sizes:
+            store_uri = f"s3://{BUCKET}/n{size}"
+            print(f"{size} chunks: building ...", flush=True)
+            entry = build(size, corpus[:size], store_uri, env, args.dim)
+            function_env = {**env, "RAG_STORE_URI": store_uri}
+            entry["cold_start"] = {}
+            for mode in ("retrieve", "answer"):
+                runs = [cold_start(function_env, mode, query, WORK) for _ in range(args.repeat)]
+                entry["cold_start"][mode] = {"median": _median_runs(runs), "runs": runs}
+            median = entry["cold_start"]["retrieve"]["median"]
+            entry["load_s"] = median["download_and_verify_s"] + median["map_s"]
+            entry["read_files_s"] = read_files_s(store_uri, entry["index_id"])
+            print(
+                f"  built in {entry['build_s']:.1f} s by the {entry['built_by']}; cold start retrieve "
+                f"{median['total_s']:.3f} s, answer {entry['cold_start']['answer']['median']['total_s']:.3f} s; "
+                f"load {entry['load_s']:.3f} s vs reading the files {entry['read_files_s']:.3f} s; "
+                f"peak RSS {median['peak_rss_mb']:.0f} MB (vectors {entry['vector_bytes'] / 2**20:.0f} MiB)",
+                flush=True,
+            )
+            if size in baseline_sizes:
+                print(f"  LlamaIndex baseline at {size} ...", flush=True)
+                entry["baseline"] = baseline(
+                    size, corpus[:size], store_uri, env, ollama, args.dim, query
+                )
+                ours = median["total_s"]
+                entry["baseline"]["ratio_persisted_to_ours"] = (
+                    entry["baseline"]["persisted"]["total_s"] / ours
+                )
+                entry["baseline"]["ratio_seed_to_ours"] = (
+                    entry["baseline"]["seed"]["total_s"] / ours
+                )
+                print(
+                    f"  baseline persisted {entry['baseline']['persisted']['total_s']:.1f} s "
+                    f"({entry['baseline']['ratio_persisted_to_ours']:.0f}x ours), seed "
+                    f"{entry['baseline']['seed']['total_s']:.1f} s ({entry['baseline']['ratio_seed_to_ours']:.0f}x); "
+                    f"SimpleVectorStore query p50 {entry['baseline']['persisted']['query_p50_s'] * 1000:.0f} ms",
+                    flush=True,
+                )
+            if size == args.load_size:
+                print(f"  query load at {size} ...", flush=True)
+                entry["query_load"] = query_load(
+                    function_env, corpus[:2000], [(1, 300), (8, 1200), (32, 1600)]
+                )
+            results["sizes"][str(size)] = entry
+    results["bench_wall_s"] = time.perf_counter() - began
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, ROOT / "bench" / "results.png")
+    print(f"wrote bench/results.json and bench/results.png in {results['bench_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
