@@ -65,7 +65,7 @@ def persisted(bucket: str, prefix: str, ollama: str, query: str) -> dict[str, ob
 
 def seed(documents: str, ollama: str, query: str) -> dict[str, object]:
     embed = OllamaEmbedding(model_name="nomic-embed-text", base_url=ollama, embed_batch_size=32)
-    docs = SimpleDirectoryReader(documents).load_data()
+    docs = SimpleDirectoryReader(documents, exclude_hidden=False).load_data()
     t_read = time.time()
     index = VectorStoreIndex.from_documents(docs, embed_model=embed)
     t_load = time.time()

@@ -158,7 +158,7 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(
 
 
 def test_close_stops_the_worker_and_a_new_search_restarts_it(tmp_path: Path) -> None:
-    artifact, vectors = random_artifact(tmp_path, n=50, dim=8)
+    artifact, _ = random_artifact(tmp_path, n=50, dim=8)
     index = SearchIndex(artifact)
     query = np.ones(8, dtype=np.float32)
     first = index.search(query, 3)
