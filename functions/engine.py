@@ -13,6 +13,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.llms.ollama import Ollama
 from pydantic import PrivateAttr
 
 from .embeddings import Embedder, ollama_base_url
@@ -44,8 +45,6 @@ class EmbedderAdapter(BaseEmbedding):
 
 def ollama_llm(model: str, host: str, *, context_window: int, timeout_s: float) -> LLM:
     """The Ollama LLM, with ``context_window`` set so it never calls ``/api/show`` to guess it."""
-    from llama_index.llms.ollama import Ollama
-
     llm: LLM = Ollama(
         model=model,
         base_url=ollama_base_url(host),

@@ -130,12 +130,21 @@ class IndexLoader:
         self.timings["load"] = time.perf_counter() - started
         self.ready_at = time.time()
         self.state, self.reason = "ready", None
+        # Answer mode's query engine is built after readiness, so retrieve mode never waits for it.
+        threading.Thread(target=self._warm, args=(self.service,), name="warm", daemon=True).start()
         logger.info(
             "serving index %s (%d chunks): %s",
             self.service.index_id,
             len(self.service.index),
             ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
         )
+
+    @staticmethod
+    def _warm(service: QueryService) -> None:
+        try:
+            service.warm()
+        except Exception:  # the first answer request will meet and report the same error
+            logger.exception("building the answer engine failed")
 
     def _load(self) -> QueryService:
         settings = self.settings

@@ -108,6 +108,11 @@ class QueryService:
         ]
         return QueryResult(text, "generated", sources, self.index_id)
 
+    def warm(self) -> None:
+        """Build the LLM answerer now (in a background thread), not at the first answer."""
+        if self._make_answerer is not None:
+            self._llm_answerer()
+
     def _llm_answerer(self) -> Answerer:
         assert self._make_answerer is not None
         with self._lock:
