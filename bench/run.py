@@ -13,6 +13,7 @@ would take minutes). Writes bench/results.json and bench/results.png.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -58,7 +59,8 @@ def _machine() -> str:
         platform.processor(),
     )
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
-    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
+    python = platform.python_version()
+    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, Python {python}, {platform.system()}"
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -123,6 +125,41 @@ def read_files_s(store_uri: str, index_id: str) -> float:
     return time.perf_counter() - started
 
 
+def drive(
+    port: int, bodies: list[bytes], concurrency: int, total: int
+) -> tuple[list[float], int, float]:
+    """``total`` POST /query over ``concurrency`` keep-alive connections."""
+    latencies: list[float] = []
+    errors: list[int] = []
+    counter = iter(range(total))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                break
+            started = time.perf_counter()
+            conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - started)
+            if response.status != 200:
+                errors.append(response.status)
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, len(errors), time.perf_counter() - started
+
+
 def query_load(
     env: dict[str, str], queries: list[str], plan: list[tuple[int, int]]
 ) -> dict[str, Any]:
@@ -138,50 +175,13 @@ def query_load(
             json.dumps({"query": q, "mode": "retrieve", "top_k": 10}).encode() for q in queries
         ]
         for concurrency, total in plan:
-            latencies: list[float] = []
-            errors = 0
-            counter = iter(range(total))
-            lock = threading.Lock()
-
-            def worker() -> None:
-                nonlocal errors
-                import http.client
-
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                while True:
-                    with lock:
-                        n = next(counter, None)
-                    if n is None:
-                        break
-                    started = time.perf_counter()
-                    conn.request(
-                        "POST",
-                        "/query",
-                        body=bodies[n % len(bodies)],
-                        headers={"Content-Type": "application/json"},
-                    )
-                    response = conn.getresponse()
-                    response.read()
-                    latencies.append(time.perf_counter() - started)
-                    if response.status != 200:
-                        errors += 1
-                conn.close()
-
-            started = time.perf_counter()
-            threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - started
-            results[f"c{concurrency}"] = {
-                "requests": total,
-                "errors": errors,
-                "rps": total / wall,
-                **_percentiles(latencies),
-            }
+            latencies, errors, wall = drive(port, bodies, concurrency, total)
+            figures = {"requests": total, "errors": errors, "rps": total / wall}
+            results[f"c{concurrency}"] = figures = {**figures, **_percentiles(latencies)}
             print(
-                f"  retrieve c={concurrency:<3} {total / wall:7.1f} req/s  p50 {results[f'c{concurrency}']['p50_ms']:.1f} ms  p99 {results[f'c{concurrency}']['p99_ms']:.1f} ms  errors {errors}",
+                f"  retrieve c={concurrency:<3} {figures['rps']:7.1f} req/s  "
+                f"p50 {figures['p50_ms']:.1f} ms  p95 {figures['p95_ms']:.1f} ms  "
+                f"p99 {figures['p99_ms']:.1f} ms  errors {errors}",
                 flush=True,
             )
         results["rss_after_queries_mb"] = peak_rss_mb(proc.pid)
@@ -322,7 +322,7 @@ def main() -> None:
     began = time.perf_counter()
     results: dict[str, Any] = {
         "machine": _machine(),
-        "store": "moto's S3 server over loopback HTTP, one process (not S3: no network, ~1 GB/s per GET)",
+        "store": "moto's S3 server over loopback HTTP (not S3: no network, ~1 GB/s per GET)",
         "llm_and_embeddings": "Ollama double over loopback HTTP, instant answers",
         "dim": args.dim,
         "sizes": {},
@@ -361,10 +361,12 @@ def main() -> None:
             entry["load_s"] = median["download_and_verify_s"] + median["map_s"]
             entry["read_files_s"] = read_files_s(store_uri, entry["index_id"])
             print(
-                f"  built in {entry['build_s']:.1f} s by the {entry['built_by']}; cold start retrieve "
-                f"{median['total_s']:.3f} s, answer {entry['cold_start']['answer']['median']['total_s']:.3f} s; "
+                f"  built in {entry['build_s']:.1f} s by the {entry['built_by']}; cold start "
+                f"retrieve {median['total_s']:.3f} s, "
+                f"answer {entry['cold_start']['answer']['median']['total_s']:.3f} s; "
                 f"load {entry['load_s']:.3f} s vs reading the files {entry['read_files_s']:.3f} s; "
-                f"peak RSS {median['peak_rss_mb']:.0f} MB (vectors {entry['vector_bytes'] / 2**20:.0f} MiB)",
+                f"peak RSS {median['peak_rss_mb']:.0f} MB "
+                f"(vectors {entry['vector_bytes'] / 2**20:.0f} MiB)",
                 flush=True,
             )
             if size in baseline_sizes:
@@ -382,8 +384,10 @@ def main() -> None:
                 print(
                     f"  baseline persisted {entry['baseline']['persisted']['total_s']:.1f} s "
                     f"({entry['baseline']['ratio_persisted_to_ours']:.0f}x ours), seed "
-                    f"{entry['baseline']['seed']['total_s']:.1f} s ({entry['baseline']['ratio_seed_to_ours']:.0f}x); "
-                    f"SimpleVectorStore query p50 {entry['baseline']['persisted']['query_p50_s'] * 1000:.0f} ms",
+                    f"{entry['baseline']['seed']['total_s']:.1f} s "
+                    f"({entry['baseline']['ratio_seed_to_ours']:.0f}x); "
+                    f"SimpleVectorStore query p50 "
+                    f"{entry['baseline']['persisted']['query_p50_s'] * 1000:.0f} ms",
                     flush=True,
                 )
             if size == args.load_size:

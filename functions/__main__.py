@@ -8,20 +8,27 @@ _STARTED = time.time()  # before the imports below, so cold-start figures includ
 
 import logging  # noqa: E402
 
-import uvicorn  # noqa: E402
-
-from .app import create_app  # noqa: E402
 from .loader import IndexLoader  # noqa: E402
 from .settings import Settings  # noqa: E402
 
 
 def main() -> None:
-    """Read the settings once, then serve until SIGTERM."""
+    """Read the settings once, start loading the index, then serve until SIGTERM.
+
+    The index starts downloading before the web framework is imported: the download and its
+    hashing release the GIL, so the two overlap on a multi-core machine.
+    """
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     loader = IndexLoader(settings, started_at=_STARTED)
+    loader.start()
+
+    import uvicorn
+
+    from .app import create_app
+
     loader.timings["imports"] = time.time() - _STARTED
     uvicorn.run(
         create_app(settings, loader=loader),

@@ -8,7 +8,6 @@ half-loaded index.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -150,13 +149,11 @@ class IndexLoader:
         settings = self.settings
         if not settings.store_uri:
             raise ConfigurationError("RAG_STORE_URI is not set")
+        step = time.perf_counter()
         store = self._store or open_store(settings.store_uri)
-        if settings.llm_provider == "ollama":
-            # Answer mode needs llama_index.core (over a second to import): overlap it with I/O,
-            # without making readiness (and so retrieve mode) wait for it.
-            threading.Thread(
-                target=importlib.import_module, args=(f"{__package__}.engine",), daemon=True
-            ).start()
+        self.timings["store_client"] = time.perf_counter() - step
+        # LlamaIndex (answer mode) is imported only after readiness, by the warm-up thread:
+        # importing it here would hold the GIL the download threads need between chunks.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder") as pool:
             step = time.perf_counter()
             manifest = read_manifest(store, settings.index)
