@@ -93,7 +93,13 @@ def test_build_publish_start_ready_query(
         ready = wait_ready(client)
         body = ready.json()
         assert (body["status"], body["index_id"]) == ("ready", published.index_id)
-        assert set(body["timings_s"]) == {"fetch_and_verify", "map", "model_check", "load"}
+        assert set(body["timings_s"]) == {
+            "store_client",
+            "fetch_and_verify",
+            "map",
+            "model_check",
+            "load",
+        }
         assert body["started_at"] <= body["ready_at"]
         response = client.post("/query", json={"query": chunk.text, "mode": "retrieve", "top_k": 3})
     assert response.status_code == 200
