@@ -8,8 +8,10 @@ An index lives under ``indexes/<index_id>/`` in the store and never changes once
     columns.json       {metadata key: [distinct scalar values]} for the keys filters can use
     columns.i32        int32 little-endian, (keys, chunks): index into the key's values, -1 absent
     hashes.bin         16 bytes a chunk: blake2b of (model, embedded text), for reuse
-    manifest.json      written last; sizes and sha256 of every file above, the embedding model and
-                       a probe (a fixed text and its vector) that proves the serving model matches
+    manifest.json      written last; for every file above its size, sha256 and the sha256 of each
+                       8 MiB block (so blocks fetched in parallel are checked as they land); the
+                       embedding model, and a probe (a fixed text and its vector) that proves the
+                       serving model matches
 
 Loading memory-maps every file, so it costs the same at any size; a chunk's text and metadata are
 parsed only when it is a hit. ``FORMAT_VERSION`` changes whenever a reader of the old version
@@ -31,8 +33,10 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import IntegrityError, UnsupportedFormat
+from .storage import block_hashes
 
 __all__ = [
+    "BLOCK_SIZE",
     "DATA_FILES",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -66,6 +70,7 @@ PROBE_TEXT = (
     "retrieval over versioned indexes."
 )
 _HASH_BYTES = 16
+BLOCK_SIZE = 8 * 1024 * 1024
 _SCALARS = (str, int, float, bool)
 
 
@@ -100,10 +105,12 @@ class Counts(_Model):
 
 
 class FileEntry(_Model):
-    """Size and sha256 of one data file."""
+    """Size, sha256 and per-block sha256 of one data file."""
 
     size: int
     sha256: str
+    block_size: int
+    blocks: list[str]
 
 
 class Probe(_Model):
@@ -163,12 +170,15 @@ def parse_manifest(data: bytes) -> Manifest:
     return manifest
 
 
-def verify_file(name: str, entry: FileEntry, sha256: str, size: int) -> None:
-    """Refuse a file whose size or sha256 differs from its manifest entry."""
+def verify_file(name: str, entry: FileEntry, size: int, blocks: list[str]) -> None:
+    """Refuse a file whose size or any block's sha256 differs from its manifest entry."""
     if size != entry.size:
         raise IntegrityError(f"{name}: {size} bytes, manifest says {entry.size} (truncated?)")
-    if sha256 != entry.sha256:
-        raise IntegrityError(f"{name}: sha256 {sha256[:12]}… does not match the manifest")
+    for number, (actual, expected) in enumerate(zip(blocks, entry.blocks, strict=False)):
+        if actual != expected:
+            raise IntegrityError(f"{name}: sha256 of block {number} does not match the manifest")
+    if len(blocks) != len(entry.blocks):
+        raise IntegrityError(f"{name}: {len(blocks)} blocks, manifest says {len(entry.blocks)}")
 
 
 def _columns(records: Sequence[NodeRecord]) -> tuple[dict[str, list[Any]], npt.NDArray[np.int32]]:
@@ -229,8 +239,15 @@ def write_artifact(
 
     files = {}
     for name in DATA_FILES:
-        data = (out_dir / name).read_bytes()
-        files[name] = FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        path = out_dir / name
+        with path.open("rb") as handle:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+        files[name] = FileEntry(
+            size=path.stat().st_size,
+            sha256=sha256,
+            block_size=BLOCK_SIZE,
+            blocks=block_hashes(path, BLOCK_SIZE),
+        )
     fingerprint = hashlib.sha256(
         json.dumps([embedding.model_dump(), {n: f.sha256 for n, f in files.items()}]).encode()
     ).hexdigest()

@@ -112,11 +112,13 @@ def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifac
     dest = cache_dir / manifest.index_id
 
     def fetch(name: str) -> Path:
+        entry = manifest.files[name]
+        key = index_key(manifest.index_id, name)
         try:
-            fetched = store.fetch(index_key(manifest.index_id, name), dest / name)
+            fetched = store.fetch(key, dest / name, size=entry.size, block_size=entry.block_size)
         except ObjectNotFound as exc:
             raise IntegrityError(f"{manifest.index_id}: {name} is missing from the store") from exc
-        verify_file(name, manifest.files[name], fetched.sha256, fetched.size)
+        verify_file(name, entry, fetched.size, fetched.blocks)
         return fetched.path
 
     try:

@@ -150,7 +150,9 @@ class IndexLoader:
         if not settings.store_uri:
             raise ConfigurationError("RAG_STORE_URI is not set")
         step = time.perf_counter()
-        store = self._store or open_store(settings.store_uri)
+        store = self._store or open_store(
+            settings.store_uri, download_concurrency=settings.download_concurrency
+        )
         self.timings["store_client"] = time.perf_counter() - step
         # LlamaIndex (answer mode) is imported only after readiness, by the warm-up thread:
         # importing it here would hold the GIL the download threads need between chunks.

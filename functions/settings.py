@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(
         64, ge=0, description="SentenceSplitter overlap in tokens (builder)."
     )
+    download_concurrency: int = Field(
+        8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     ollama_host: str = Field(
         "http://127.0.0.1:11434",

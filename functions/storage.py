@@ -1,4 +1,4 @@
-"""Object storage: the only module that touches boto3 or the store's file system layout.
+"""Object storage: the store protocol, the local store, and block hashing.
 
 A store is addressed by a URI: ``s3://bucket/prefix``, ``file:///abs/path`` or a plain local path.
 Keys are relative, ``/``-separated strings (``indexes/<id>/manifest.json``). Both backends offer
@@ -9,8 +9,10 @@ the same conditional write, which is what makes channel pointers compare-and-swa
 - Local: the same check under an exclusive ``flock`` on the store's lock file, then an atomic
   rename; the ETag of a local object is the sha256 of its bytes.
 
-``fetch`` streams an object to a local path while hashing it, so integrity is checked without a
-second pass over the bytes; a local store returns its own file (hashed in place, no copy).
+``fetch`` makes an object available as a local file and hashes it in fixed-size blocks as the
+bytes arrive, so integrity is checked without a second pass and blocks can arrive in parallel
+(ranged GETs on S3); a local store returns its own file, its blocks hashed in parallel in place.
+The S3 backend lives in ``s3`` (the only module that touches boto3).
 """
 
 from __future__ import annotations
@@ -21,22 +23,27 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from .errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflict
+from .errors import ConfigurationError, ObjectNotFound, WriteConflict
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+__all__ = [
+    "Fetched",
+    "LocalStore",
+    "ObjectInfo",
+    "Store",
+    "Versioned",
+    "block_hashes",
+    "open_store",
+]
 
-__all__ = ["Fetched", "LocalStore", "ObjectInfo", "S3Store", "Store", "Versioned", "open_store"]
-
-_CHUNK = 8 * 1024 * 1024
+_HASH_THREADS = max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,11 @@ class Versioned:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A local copy of an object, with the sha256 and size of the bytes actually read."""
+    """A local copy of an object: its size and the sha256 of each block, as actually read."""
 
     path: Path
-    sha256: str
     size: int
+    blocks: list[str]
 
 
 class Store(Protocol):
@@ -81,8 +88,8 @@ class Store(Protocol):
     def upload(self, key: str, path: Path) -> None:
         """Upload a local file (of any size) to ``key``."""
 
-    def fetch(self, key: str, dest: Path) -> Fetched:
-        """Make ``key`` available as a local file (written to ``dest`` if it must be copied)."""
+    def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
+        """Make ``key`` (expected to be ``size`` bytes) a local file, hashed per block."""
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List the objects whose key starts with ``prefix``."""
@@ -97,6 +104,8 @@ def open_store(uri: str, **s3_options: Any) -> Store:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigurationError(f"store URI {uri!r} names no bucket")
+        from .s3 import S3Store
+
         return S3Store(parsed.netloc, parsed.path.strip("/"), **s3_options)
     if parsed.scheme == "file":
         return LocalStore(Path(parsed.path))
@@ -105,14 +114,19 @@ def open_store(uri: str, **s3_options: Any) -> Store:
     raise ConfigurationError(f"store URI {uri!r}: scheme must be s3, file or none")
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def block_hashes(path: Path, block_size: int) -> list[str]:
+    """The sha256 of each ``block_size`` block of a file, hashed in parallel threads."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+
+        def digest(offset: int) -> str:
+            return hashlib.sha256(os.pread(fd, block_size, offset)).hexdigest()
+
+        with ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="hash") as pool:
+            return list(pool.map(digest, range(0, size, block_size)))
+    finally:
+        os.close(fd)
 
 
 class LocalStore:
@@ -194,14 +208,13 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def fetch(self, key: str, dest: Path) -> Fetched:
+    def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
         """Hash the store's own file and hand it out in place: no copy for a local store."""
         path = self._path(key)
         try:
-            sha256, size = _sha256_file(path)
+            return Fetched(path, path.stat().st_size, block_hashes(path, block_size))
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
-        return Fetched(path, sha256, size)
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List files under the prefix, skipping in-progress temporary files."""
@@ -231,132 +244,3 @@ class LocalStore:
                 if parent == self.root or any(parent.iterdir()):
                     break
                 parent.rmdir()
-
-
-class S3Store:
-    """A store under an S3 prefix (AWS S3, MinIO or any S3-compatible server), through boto3."""
-
-    def __init__(
-        self,
-        bucket: str,
-        prefix: str = "",
-        *,
-        client: S3Client | None = None,
-        multipart_threshold: int = 64 * 1024 * 1024,
-        max_concurrency: int = 8,
-    ) -> None:
-        import boto3
-        from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
-
-        self.bucket = bucket
-        self.prefix = prefix
-        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
-        # botocore's default is 'legacy' retries with 60 s timeouts: fail faster, retry smarter.
-        config = Config(
-            retries={"mode": "standard", "max_attempts": 4},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=max(10, max_concurrency),
-        )
-        self.client: S3Client = client or boto3.client("s3", config=config)
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_threshold,
-            max_concurrency=max_concurrency,
-        )
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    @contextmanager
-    def _translated(self, key: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            where = f"{self.uri}/{key}"
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                raise ObjectNotFound(f"{where} does not exist") from exc
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                raise WriteConflict(
-                    f"{where}: conditional write refused ({code or status})"
-                ) from exc
-            raise StoreError(f"{where}: {code or status}: {error.get('Message', '')}") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
-
-    def get(self, key: str) -> Versioned:
-        """Read a small object with its ETag."""
-        with self._translated(key):
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return Versioned(response["Body"].read(), response["ETag"])
-
-    def put(
-        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
-    ) -> str:
-        """PutObject with S3's conditional-write headers."""
-        conditions: dict[str, str] = {}
-        if if_match is not None:
-            conditions["IfMatch"] = if_match
-        if if_none_match:
-            conditions["IfNoneMatch"] = "*"
-        with self._translated(key):
-            response = self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Body=data,
-                **conditions,  # type: ignore[arg-type]
-            )
-        return response["ETag"]
-
-    def upload(self, key: str, path: Path) -> None:
-        """Upload a file; large files go up as parallel multipart parts."""
-        with self._translated(key):
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
-
-    def fetch(self, key: str, dest: Path) -> Fetched:
-        """Stream one GET to ``dest``, hashing as it goes; the file appears only when complete."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".tmp-{dest.name}")
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with self._translated(key), tmp.open("wb") as handle:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-                for chunk in body.iter_chunks(_CHUNK):
-                    digest.update(chunk)
-                    handle.write(chunk)
-                    size += len(chunk)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return Fetched(dest, digest.hexdigest(), size)
-
-    def list_objects(self, prefix: str) -> list[ObjectInfo]:
-        """List objects under the prefix (all pages)."""
-        strip = len(self._key(""))
-        found = []
-        with self._translated(prefix):
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-                for item in page.get("Contents", []):
-                    found.append(
-                        ObjectInfo(item["Key"][strip:], item["Size"], item["LastModified"])
-                    )
-        return found
-
-    def delete(self, keys: list[str]) -> None:
-        """Delete objects in batches of 1000."""
-        for start in range(0, len(keys), 1000):
-            batch: list[ObjectIdentifierTypeDef] = [
-                {"Key": self._key(key)} for key in keys[start : start + 1000]
-            ]
-            with self._translated(keys[start]):
-                self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )

@@ -24,6 +24,7 @@ def test_defaults() -> None:
         "probe_min_cosine": 0.99,
         "chunk_size": None,
         "chunk_overlap": 64,
+        "download_concurrency": 8,
         "log_level": "INFO",
         "ollama_host": "http://127.0.0.1:11434",
         "port": 8080,

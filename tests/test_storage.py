@@ -8,8 +8,15 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from functions.errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflict
-from functions.storage import LocalStore, S3Store, Store, open_store
+from functions.errors import (
+    ConfigurationError,
+    IntegrityError,
+    ObjectNotFound,
+    StoreError,
+    WriteConflict,
+)
+from functions.s3 import S3Store
+from functions.storage import LocalStore, Store, block_hashes, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -73,19 +80,59 @@ def test_racing_conditional_writers_exactly_one_wins(store: Store, existing: boo
     assert store.get("channels/stable.json").data == winners[0].encode()
 
 
-def test_upload_fetch_hashes_while_streaming(store: Store, tmp_path: Path) -> None:
+BLOCK = 64 * 1024
+
+
+def expected_blocks(data: bytes) -> list[str]:
+    return [hashlib.sha256(data[i : i + BLOCK]).hexdigest() for i in range(0, len(data), BLOCK)]
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, BLOCK, 10 * BLOCK + 123], ids=["empty", "one-byte", "one-block", "blocks"]
+)
+def test_upload_fetch_hashes_blocks_as_they_arrive(
+    store: Store, tmp_path: Path, length: int
+) -> None:
     source = tmp_path / "blob.bin"
-    data = bytes(range(256)) * 40_000
+    data = (bytes(range(256)) * (length // 256 + 1))[:length]
     source.write_bytes(data)
     store.upload("indexes/x/blob.bin", source)
-    fetched = store.fetch("indexes/x/blob.bin", tmp_path / "cache" / "blob.bin")
-    assert (fetched.sha256, fetched.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    fetched = store.fetch(
+        "indexes/x/blob.bin", tmp_path / "cache" / "blob.bin", size=length, block_size=BLOCK
+    )
+    assert (fetched.size, fetched.blocks) == (length, expected_blocks(data))
     assert fetched.path.read_bytes() == data
+    assert block_hashes(source, BLOCK) == expected_blocks(data)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4], ids=["streamed", "ranged"])
+def test_s3_download_strategies_agree(s3_uri: str, tmp_path: Path, concurrency: int) -> None:
+    store = S3Store(s3_uri.split("/")[2], "rag", download_concurrency=concurrency)
+    data = bytes(range(256)) * 3000 + b"tail"
+    (tmp_path / "blob.bin").write_bytes(data)
+    store.upload("blob.bin", tmp_path / "blob.bin")
+    fetched = store.fetch(
+        "blob.bin", tmp_path / "out" / "blob.bin", size=len(data), block_size=BLOCK
+    )
+    assert (fetched.size, fetched.blocks) == (len(data), expected_blocks(data))
+    assert fetched.path.read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["blob.bin"]
+
+
+@pytest.mark.parametrize("actual", [BLOCK * 3, BLOCK * 5], ids=["shorter", "longer"])
+def test_ranged_download_notices_an_object_of_another_size(
+    s3_uri: str, tmp_path: Path, actual: int
+) -> None:
+    store = S3Store(s3_uri.split("/")[2], "rag", download_concurrency=4)
+    store.put("blob.bin", b"x" * actual)
+    with pytest.raises(IntegrityError, match=r"bytes, not|shorter"):
+        store.fetch("blob.bin", tmp_path / "blob.bin", size=BLOCK * 4, block_size=BLOCK)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_missing_is_not_found(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
-        store.fetch("indexes/x/none.bin", tmp_path / "none.bin")
+        store.fetch("indexes/x/none.bin", tmp_path / "none.bin", size=10, block_size=BLOCK)
     assert not (tmp_path / "none.bin").exists()
 
 

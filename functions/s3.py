@@ -1,0 +1,192 @@
+"""The S3 store (AWS S3, MinIO, any S3-compatible server): the only module that touches boto3.
+
+Conditional writes use ``PutObject`` with ``IfMatch=<etag>`` or ``IfNoneMatch="*"``; a 412 or 409
+answer is a lost race. Downloads hash each block as it arrives. With ``download_concurrency`` > 1
+a file is fetched as parallel ranged GETs, one block each, written in place with ``pwrite`` —
+what real S3 needs, since one connection carries about 100 MB/s; with 1 it is one streaming GET
+(best where one stream is fast and ranges are not, e.g. an S3 double on loopback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import IntegrityError, ObjectNotFound, StoreError, WriteConflict
+from .storage import Fetched, ObjectInfo, Versioned
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+__all__ = ["S3Store"]
+
+
+class S3Store:
+    """A store under an S3 prefix, through boto3 and the standard ``AWS_*`` configuration."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: S3Client | None = None,
+        download_concurrency: int = 8,
+        multipart_threshold: int = 64 * 1024 * 1024,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.download_concurrency = max(1, download_concurrency)
+        # botocore's default is 'legacy' retries with 60 s timeouts: fail faster, retry smarter.
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 4},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=max(10, 4 * self.download_concurrency),
+        )
+        self.client: S3Client = client or boto3.client("s3", config=config)
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _translated(self, key: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            where = f"{self.uri}/{key}"
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                raise ObjectNotFound(f"{where} does not exist") from exc
+            if code == "InvalidRange" or status == 416:
+                raise IntegrityError(f"{where} is shorter than its manifest says") from exc
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                raise WriteConflict(
+                    f"{where}: conditional write refused ({code or status})"
+                ) from exc
+            raise StoreError(f"{where}: {code or status}: {error.get('Message', '')}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
+
+    def get(self, key: str) -> Versioned:
+        """Read a small object with its ETag."""
+        with self._translated(key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return Versioned(response["Body"].read(), response["ETag"])
+
+    def put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """PutObject with S3's conditional-write headers."""
+        with self._translated(key):
+            if if_match is not None:
+                response = self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=if_match
+                )
+            elif if_none_match:
+                response = self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
+            else:
+                response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        return response["ETag"]
+
+    def upload(self, key: str, path: Path) -> None:
+        """Upload a file; large files go up as parallel multipart parts."""
+        with self._translated(key):
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+
+    def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
+        """Download to ``dest``, hashing each block; the file appears only when complete."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        try:
+            with self._translated(key):
+                if self.download_concurrency > 1 and size > block_size:
+                    fetched = self._ranged(key, tmp, size, block_size)
+                else:
+                    fetched = self._streamed(key, tmp, block_size)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Fetched(dest, fetched.size, fetched.blocks)
+
+    def _streamed(self, key: str, tmp: Path, block_size: int) -> Fetched:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        blocks, size = [], 0
+        with tmp.open("wb") as handle:
+            while block := body.read(block_size):
+                # A short read is not the end of a block: fill it, so blocks match the manifest's.
+                while len(block) < block_size and (more := body.read(block_size - len(block))):
+                    block += more
+                blocks.append(hashlib.sha256(block).hexdigest())
+                handle.write(block)
+                size += len(block)
+        return Fetched(tmp, size, blocks)
+
+    def _ranged(self, key: str, tmp: Path, size: int, block_size: int) -> Fetched:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        totals: set[str] = set()
+        try:
+            os.ftruncate(fd, size)
+
+            def block(offset: int) -> tuple[str, int]:
+                end = min(offset + block_size, size) - 1
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{end}"
+                )
+                totals.add(response.get("ContentRange", "/").rsplit("/", 1)[-1])
+                data = response["Body"].read()
+                os.pwrite(fd, data, offset)
+                return hashlib.sha256(data).hexdigest(), len(data)
+
+            with ThreadPoolExecutor(self.download_concurrency, thread_name_prefix="range") as pool:
+                parts = list(pool.map(block, range(0, size, block_size)))
+        finally:
+            os.close(fd)
+        if totals != {str(size)}:
+            raise IntegrityError(
+                f"{self.uri}/{key} is {'/'.join(sorted(totals))} bytes, not {size}"
+            )
+        return Fetched(tmp, sum(n for _, n in parts), [digest for digest, _ in parts])
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """List objects under the prefix (all pages)."""
+        strip = len(self._key(""))
+        found = []
+        with self._translated(prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    found.append(
+                        ObjectInfo(item["Key"][strip:], item["Size"], item["LastModified"])
+                    )
+        return found
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete objects in batches of 1000."""
+        for start in range(0, len(keys), 1000):
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": self._key(key)} for key in keys[start : start + 1000]
+            ]
+            with self._translated(keys[start]):
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
