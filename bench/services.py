@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,6 +117,9 @@ def cold_start(env: dict[str, str], mode: str, query: str, work: Path) -> dict[s
         first_at = time.time()
         ready = json.loads(request(port, "GET", "/readyz")[1])
         rss = peak_rss_mb(proc.pid)
+    # A pod's emptyDir goes with the pod; left here, its dirty pages would be written back
+    # during the next cold start and slow it down.
+    shutil.rmtree(env["RAG_CACHE_DIR"], ignore_errors=True)
     timings = ready["timings_s"]
     return {
         "mode": mode,

@@ -31,7 +31,7 @@ def load_documents(source: str) -> list[Document]:
             root = Path(tmp)
             for item in store.list_objects(""):
                 if item.key.lower().endswith(SUPPORTED_EXTENSIONS):
-                    store.fetch(item.key, root / item.key)
+                    store.fetch(item.key, root / item.key, size=item.size, block_size=1 << 30)
             return _read(root, f"{source.rstrip('/')}/")
     root = Path(source)
     if not root.is_dir():
