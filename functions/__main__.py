@@ -16,7 +16,9 @@ def main() -> None:
     """Read the settings once, start loading the index, then serve until SIGTERM.
 
     The index starts downloading before the web framework is imported: the download and its
-    hashing release the GIL, so the two overlap on a multi-core machine.
+    hashing release the GIL, so the two overlap on a multi-core machine. The imports wait until
+    the S3 client exists and the download has begun, since both are CPU work under the GIL and
+    the download is the longer path.
     """
     settings = Settings()
     logging.basicConfig(
@@ -24,6 +26,7 @@ def main() -> None:
     )
     loader = IndexLoader(settings, started_at=_STARTED)
     loader.start()
+    loader.downloading.wait(timeout=5)
 
     import uvicorn
 

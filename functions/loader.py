@@ -74,6 +74,7 @@ class IndexLoader:
         self.reason: str | None = "index loading has not started"
         self.service: QueryService | None = None
         self.timings: dict[str, float] = {}
+        self.downloading = threading.Event()  # set once the data files are on their way (or failed)
         self._lock = threading.Lock()
 
     def _default_embedder(self, model: str | None) -> Embedder:
@@ -126,6 +127,8 @@ class IndexLoader:
             self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
             logger.exception("index load failed")
             return
+        finally:
+            self.downloading.set()
         self.timings["load"] = time.perf_counter() - started
         self.ready_at = time.time()
         self.state, self.reason = "ready", None
@@ -162,6 +165,7 @@ class IndexLoader:
             embedder_future = pool.submit(
                 self._embedder_factory, settings.embed_model or manifest.embedding.model
             )
+            self.downloading.set()
             artifact = fetch_artifact(store, manifest, settings.cache_dir)
             self.timings["fetch_and_verify"] = time.perf_counter() - step
             step = time.perf_counter()

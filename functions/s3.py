@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,10 +21,28 @@ from .errors import IntegrityError, ObjectNotFound, StoreError, WriteConflict
 from .storage import Fetched, ObjectInfo, Versioned
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 __all__ = ["S3Store"]
+
+_IN_FLIGHT = 4
+
+
+def _read_block(body: StreamingBody, block_size: int) -> bytes:
+    """Read one whole block (a short read is not the end), or b"" at the end."""
+    block = body.read(block_size)
+    while block and len(block) < block_size and (more := body.read(block_size - len(block))):
+        block += more
+    return block
+
+
+def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
+    view, written = memoryview(data), 0
+    while written < len(data):  # pwrite may write less than asked
+        written += os.pwrite(fd, view[written:], offset + written)
+    return hashlib.sha256(data).hexdigest()
 
 
 class S3Store:
@@ -130,16 +148,22 @@ class S3Store:
 
     def _streamed(self, key: str, tmp: Path, block_size: int) -> Fetched:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        blocks, size = [], 0
-        with tmp.open("wb") as handle:
-            while block := body.read(block_size):
-                # A short read is not the end of a block: fill it, so blocks match the manifest's.
-                while len(block) < block_size and (more := body.read(block_size - len(block))):
-                    block += more
-                blocks.append(hashlib.sha256(block).hexdigest())
-                handle.write(block)
-                size += len(block)
-        return Fetched(tmp, size, blocks)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        pending: list[Future[str]] = []
+        offset = 0
+        try:
+            # Blocks are hashed and written by two threads while this one reads the next: the
+            # stream is not held up by sha256 and the page cache (both release the GIL).
+            with ThreadPoolExecutor(2, thread_name_prefix="block") as pool:
+                while block := _read_block(body, block_size):
+                    pending.append(pool.submit(_hash_and_write, fd, block, offset))
+                    offset += len(block)
+                    if len(pending) > _IN_FLIGHT:  # bound the memory held by unwritten blocks
+                        pending[-_IN_FLIGHT - 1].result()
+                blocks = [future.result() for future in pending]
+        finally:
+            os.close(fd)
+        return Fetched(tmp, offset, blocks)
 
     def _ranged(self, key: str, tmp: Path, size: int, block_size: int) -> Fetched:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -154,8 +178,7 @@ class S3Store:
                 )
                 totals.add(response.get("ContentRange", "/").rsplit("/", 1)[-1])
                 data = response["Body"].read()
-                os.pwrite(fd, data, offset)
-                return hashlib.sha256(data).hexdigest(), len(data)
+                return _hash_and_write(fd, data, offset), len(data)
 
             with ThreadPoolExecutor(self.download_concurrency, thread_name_prefix="range") as pool:
                 parts = list(pool.map(block, range(0, size, block_size)))
