@@ -2,23 +2,21 @@
 
     python bench/load_time.py [--chunks 100000] [--dim 768] [--repeat 5]
 
-Writes a synthetic artifact (random unit vectors, 150-250 word texts, a few metadata keys) into a
-local store, then starts a new interpreter per repeat that resolves the channel, verifies every
-file's sha256 (read in full), maps the artifact and runs the first exact search. Prints the
-figures and saves them to bench/load_time.json. The files are in the page cache (just written):
-this is the load cost, not the disk's read speed.
+Publishes the benchmark's synthetic corpus (150-250 word texts, the Ollama double's vectors) into
+a local store with the builder's writer. Then, per repeat, a new interpreter resolves the channel,
+checks the sha256 of every block of every file (read in full, on all cores), maps the artifact and
+runs two exact searches. Prints the figures and saves them to bench/load_time.json. The files are
+in the page cache (just written): this is the load cost, not the disk's read speed.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from functions.artifact import (  # noqa: E402
-    DATA_FILES,
-    MANIFEST,
-    PROBE_TEXT,
-    ChunkingSpec,
-    Counts,
-    EmbeddingSpec,
-    NodeRecord,
-    Probe,
-    content_hash,
-    write_artifact,
-)
-from functions.catalog import Pointer, index_key  # noqa: E402
+from bench.corpus import publish_synthetic, texts  # noqa: E402
 from functions.storage import LocalStore  # noqa: E402
 
 _CHILD = """
@@ -65,50 +51,6 @@ print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
 """
 
 
-def synthesize(store: LocalStore, chunks: int, dim: int, work: Path) -> str:
-    rng = np.random.default_rng(42)
-    vocabulary = [f"w{i}" for i in range(5000)]
-    vectors = rng.standard_normal((chunks, dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    lengths = rng.integers(150, 251, chunks)
-    words = rng.integers(0, len(vocabulary), int(lengths.sum()))
-    records, start = [], 0
-    for i, length in enumerate(lengths):
-        text = " ".join(vocabulary[w] for w in words[start : start + length])
-        start += length
-        records.append(
-            NodeRecord(
-                f"doc-{i // 8}#{i % 8}",
-                f"doc-{i // 8}",
-                text,
-                {"source": f"doc-{i // 8}.md", "lang": "en"},
-            )
-        )
-    manifest = write_artifact(
-        work,
-        vectors=vectors,
-        records=records,
-        hashes=[content_hash("bench:model", r.text) for r in records],
-        embedding=EmbeddingSpec(provider="bench", model="model", dim=dim),
-        chunking=ChunkingSpec(chunk_size=512, chunk_overlap=64),
-        counts=Counts(documents=chunks // 8, chunks=chunks, embedded=chunks, reused=0),
-        probe=Probe(text=PROBE_TEXT, vector=[float(x) for x in vectors[0]]),
-        created_at=datetime.now(UTC),
-        builder_version="bench",
-    )
-    for name in DATA_FILES:
-        store.upload(index_key(manifest.index_id, name), work / name)
-    data = (work / MANIFEST).read_bytes()
-    store.put(index_key(manifest.index_id), data)
-    pointer = Pointer(
-        index_id=manifest.index_id,
-        manifest_sha256=hashlib.sha256(data).hexdigest(),
-        published_at=datetime.now(UTC),
-    )
-    store.put("channels/stable.json", pointer.model_dump_json().encode())
-    return manifest.index_id
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -119,7 +61,7 @@ def main() -> None:
     store = LocalStore(work / "store")
     if not (work / "store" / "channels" / "stable.json").exists():
         print(f"writing a {args.chunks} x {args.dim} artifact ...", flush=True)
-        synthesize(store, args.chunks, args.dim, work / "artifact")
+        publish_synthetic(store, texts(args.chunks), args.dim, work / "artifact")
     sizes = {p.name: p.stat().st_size for p in (work / "artifact").iterdir()}
     runs = []
     for _ in range(args.repeat):
