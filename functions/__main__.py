@@ -7,6 +7,8 @@ import time
 _STARTED = time.time()  # before the imports below, so cold-start figures include them
 
 import logging  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
 
 from .loader import IndexLoader  # noqa: E402
 from .settings import Settings  # noqa: E402
@@ -33,12 +35,33 @@ def main() -> None:
     from .app import create_app
 
     loader.timings["imports"] = time.time() - _STARTED
-    uvicorn.run(
-        create_app(settings, loader=loader),
-        host="0.0.0.0",
-        port=settings.port,
-        log_level=settings.log_level.lower(),
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, loader=loader),
+            host="0.0.0.0",
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+        )
     )
+    failure: list[str] = []
+
+    def watchdog() -> None:
+        # A function that cannot load must not sit unready forever: Knative would keep the
+        # revision pending until its progress deadline. Exit non-zero with the reason instead.
+        if not loader.done.wait(settings.startup_timeout_s):
+            failure.append(
+                f"index not ready after {settings.startup_timeout_s:g} s ({loader.reason})"
+            )
+        elif loader.service is None:
+            failure.append(loader.reason or "index load failed")
+        if failure:
+            server.should_exit = True
+
+    threading.Thread(target=watchdog, name="startup-watchdog", daemon=True).start()
+    server.run()
+    if failure:
+        print(f"knative-rag: exiting: {failure[0]}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class IndexLoader:
         self.service: QueryService | None = None
         self.timings: dict[str, float] = {}
         self.downloading = threading.Event()  # set once the data files are on their way (or failed)
+        self.done = threading.Event()  # set once loading has succeeded or failed
         self._lock = threading.Lock()
 
     def _default_embedder(self, model: str | None) -> Embedder:
@@ -129,6 +130,7 @@ class IndexLoader:
             return
         finally:
             self.downloading.set()
+            self.done.set()
         self.timings["load"] = time.perf_counter() - started
         self.ready_at = time.time()
         self.state, self.reason = "ready", None

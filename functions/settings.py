@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="python -m functions exits non-zero if not ready by then."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     ollama_host: str = Field(
         "http://127.0.0.1:11434",

@@ -354,3 +354,52 @@ def test_python_dash_m_functions_serves_and_stops_on_sigterm(
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert f"serving index {published.index_id}" in output
+
+
+@pytest.mark.parametrize(
+    ("store", "reason"),
+    [
+        ("missing-channel", "channels/missing.json does not exist"),
+        ("refused", "EndpointConnectionError"),
+        ("silent", "not ready after 3 s"),
+    ],
+)
+def test_python_dash_m_functions_exits_1_when_it_cannot_load(
+    published: Published, ollama: Ollama, tmp_path: Path, store: str, reason: str
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    silent = socket.socket()  # accepts connections (backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    env = {
+        "missing-channel": {"RAG_INDEX": "missing"},
+        "refused": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"},
+        "silent": {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+    }[store]
+    started = time.monotonic()
+    with silent:
+        done = subprocess.run(
+            [sys.executable, "-m", "functions"],
+            env={
+                **os.environ,
+                "PORT": "0",
+                "RAG_STORE_URI": published.store_uri,
+                "OLLAMA_HOST": ollama.url,
+                "RAG_CACHE_DIR": str(tmp_path),
+                "RAG_STARTUP_TIMEOUT_S": "3",
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert time.monotonic() - started < 15
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("knative-rag: exiting: ")
+    assert reason in last

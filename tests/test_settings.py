@@ -25,6 +25,7 @@ def test_defaults() -> None:
         "chunk_size": None,
         "chunk_overlap": 64,
         "download_concurrency": 8,
+        "startup_timeout_s": 120.0,
         "log_level": "INFO",
         "ollama_host": "http://127.0.0.1:11434",
         "port": 8080,
