@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 # torch==2.13.0 is the CPU build on these machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test lint format demo bench clean
+IMAGE ?= localhost/knative-rag:dev
+
+.PHONY: install test lint format demo bench image clean
 
 install: $(STAMP)
 
@@ -38,6 +40,11 @@ bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/run.py
 	$(PY) bench/load_time.py
+
+# One image for the function and the builder. Uses docker by default; after
+# `source ../shared/tools/container-base.sh` it uses $BUILD (buildah), $BASE_IMAGE and $PIP_CERT_SECRET.
+image:
+	$${BUILD:-docker build} $${PIP_CERT_SECRET:-} $${BASE_IMAGE:+--build-arg BASE_IMAGE=$$BASE_IMAGE} -t $(IMAGE) .
 
 clean:
 	rm -rf .demo .mypy_cache .ruff_cache .pytest_cache
