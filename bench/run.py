@@ -13,7 +13,6 @@ would take minutes). Writes bench/results.json and bench/results.png.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -21,9 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import corpus as synthetic  # noqa: E402
-from bench.services import (  # noqa: E402
-    cold_start,
-    free_port,
-    moto_server,
-    ollama_double,
-    peak_rss_mb,
-    request,
-    spawned,
-    wait_http,
-)
-from functions.artifact import DATA_FILES  # noqa: E402
-from functions.catalog import index_key, read_manifest  # noqa: E402
+from bench.load import query_load, read_files_s  # noqa: E402
+from bench.services import cold_start, moto_server, ollama_double  # noqa: E402
+from functions.catalog import read_manifest  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 
 WORK = ROOT / "bench" / ".work"
@@ -61,12 +49,6 @@ def _machine() -> str:
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
     python = platform.python_version()
     return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, Python {python}, {platform.system()}"
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50_ms": pick(0.50) * 1000, "p95_ms": pick(0.95) * 1000, "p99_ms": pick(0.99) * 1000}
 
 
 def build(
@@ -105,87 +87,6 @@ def build(
         "artifact_bytes": sum(f.size for f in manifest.files.values()),
         "vector_bytes": manifest.files["vectors.f32"].size,
     }
-
-
-def read_files_s(store_uri: str, index_id: str) -> float:
-    """Time to stream the artifact's files from the store (4 parallel GETs, no hashing)."""
-    store = open_store(store_uri)
-    client, bucket = store.client, store.bucket  # type: ignore[attr-defined]
-
-    def read(name: str) -> None:
-        body = client.get_object(Bucket=bucket, Key=f"{store.prefix}/{index_key(index_id, name)}")[
-            "Body"
-        ]  # type: ignore[attr-defined]
-        for _ in body.iter_chunks(8 * 1024 * 1024):
-            pass
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(read, DATA_FILES))
-    return time.perf_counter() - started
-
-
-def drive(
-    port: int, bodies: list[bytes], concurrency: int, total: int
-) -> tuple[list[float], int, float]:
-    """``total`` POST /query over ``concurrency`` keep-alive connections."""
-    latencies: list[float] = []
-    errors: list[int] = []
-    counter = iter(range(total))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Content-Type": "application/json"}
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                break
-            started = time.perf_counter()
-            conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)
-            response = conn.getresponse()
-            response.read()
-            latencies.append(time.perf_counter() - started)
-            if response.status != 200:
-                errors.append(response.status)
-        conn.close()
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, len(errors), time.perf_counter() - started
-
-
-def query_load(
-    env: dict[str, str], queries: list[str], plan: list[tuple[int, int]]
-) -> dict[str, Any]:
-    port = free_port()
-    env = {**env, "PORT": str(port), "RAG_CACHE_DIR": str(WORK / "cache-load")}
-    results: dict[str, Any] = {}
-    with spawned([sys.executable, "-m", "functions"], env, WORK / "function-load.log") as proc:
-        wait_http(port, "/readyz")
-        while request(port, "GET", "/readyz")[0] != 200:
-            time.sleep(0.05)
-        results["rss_after_load_mb"] = peak_rss_mb(proc.pid)
-        bodies = [
-            json.dumps({"query": q, "mode": "retrieve", "top_k": 10}).encode() for q in queries
-        ]
-        for concurrency, total in plan:
-            latencies, errors, wall = drive(port, bodies, concurrency, total)
-            figures = {"requests": total, "errors": errors, "rps": total / wall}
-            results[f"c{concurrency}"] = figures = {**figures, **_percentiles(latencies)}
-            print(
-                f"  retrieve c={concurrency:<3} {figures['rps']:7.1f} req/s  "
-                f"p50 {figures['p50_ms']:.1f} ms  p95 {figures['p95_ms']:.1f} ms  "
-                f"p99 {figures['p99_ms']:.1f} ms  errors {errors}",
-                flush=True,
-            )
-        results["rss_after_queries_mb"] = peak_rss_mb(proc.pid)
-    return results
 
 
 def baseline(

@@ -12,7 +12,12 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from functions.artifact import Artifact
+from functions.catalog import fetch_artifact
+from functions.embeddings import OllamaEmbedder
 from functions.settings import Settings
+from functions.storage import open_store
+from index_builder.job import run_build
 
 from .ollama_double import OllamaDouble
 from .servers import serve
@@ -115,3 +120,33 @@ def settings_for(
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Published:
+    """An index built by the builder and published to a fresh bucket in moto (module scope)."""
+
+    store_uri: str
+    index_id: str
+    artifact: Artifact
+
+
+@pytest.fixture(scope="module")
+def published(
+    s3_endpoint: str, _ollama_server: Ollama, tmp_path_factory: pytest.TempPathFactory
+) -> Published:
+    bucket = f"rag-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    store_uri = f"s3://{bucket}/rag"
+    source = write_corpus(tmp_path_factory.mktemp("corpus"), documents=5)
+    embedder = OllamaEmbedder("nomic-embed-text", _ollama_server.url)
+    manifest = run_build(
+        open_store(store_uri),
+        str(source),
+        embedder,
+        channel="stable",
+        chunk_size=64,
+        chunk_overlap=8,
+    )
+    artifact = fetch_artifact(open_store(store_uri), manifest, tmp_path_factory.mktemp("reference"))
+    return Published(store_uri, manifest.index_id, artifact)

@@ -4,54 +4,22 @@ query function under a real uvicorn, embedded and answered by the Ollama double 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 
 from functions.app import create_app
-from functions.artifact import Artifact
-from functions.catalog import fetch_artifact, index_key, read_manifest
+from functions.catalog import index_key, read_manifest
 from functions.embeddings import OllamaEmbedder
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.job import run_build
 
-from .conftest import Ollama, settings_for, write_corpus
+from .conftest import Ollama, Published, settings_for
 from .servers import serve
-
-
-@dataclass(frozen=True)
-class Published:
-    store_uri: str
-    index_id: str
-    artifact: Artifact
-
-
-@pytest.fixture(scope="module")
-def published(
-    s3_endpoint: str, _ollama_server: Ollama, tmp_path_factory: pytest.TempPathFactory
-) -> Published:
-    bucket = f"rag-{uuid.uuid4().hex[:16]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    store_uri = f"s3://{bucket}/rag"
-    source = write_corpus(tmp_path_factory.mktemp("corpus"), documents=5)
-    embedder = OllamaEmbedder("nomic-embed-text", _ollama_server.url)
-    manifest = run_build(
-        open_store(store_uri),
-        str(source),
-        embedder,
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    )
-    artifact = fetch_artifact(open_store(store_uri), manifest, tmp_path_factory.mktemp("reference"))
-    return Published(store_uri, manifest.index_id, artifact)
 
 
 @contextmanager
@@ -306,100 +274,3 @@ def test_embedding_server_failure_at_query_time_is_502(
         response = client.post("/query", json={"query": "x", "mode": "retrieve"})
     assert is_problem(response, 502)
     assert response.json()["title"] == "Model server error"
-
-
-def test_python_dash_m_functions_serves_and_stops_on_sigterm(
-    published: Published, ollama: Ollama, tmp_path: Path
-) -> None:
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "RAG_STORE_URI": published.store_uri,
-        "RAG_CACHE_DIR": str(tmp_path / "cache"),
-        "OLLAMA_HOST": ollama.url,
-        "RAG_LLM_PROVIDER": "none",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "functions"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline
-                assert proc.poll() is None
-                time.sleep(0.05)
-            response = client.post("/query", json={"query": "facts", "mode": "retrieve"})
-        assert response.status_code == 200
-        assert response.headers["x-index-id"] == published.index_id
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode in (0, -signal.SIGTERM), output
-    assert f"serving index {published.index_id}" in output
-
-
-@pytest.mark.parametrize(
-    ("store", "reason"),
-    [
-        ("missing-channel", "channels/missing.json does not exist"),
-        ("refused", "EndpointConnectionError"),
-        ("silent", "not ready after 3 s"),
-    ],
-)
-def test_python_dash_m_functions_exits_1_when_it_cannot_load(
-    published: Published, ollama: Ollama, tmp_path: Path, store: str, reason: str
-) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    silent = socket.socket()  # accepts connections (backlog) and never answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    env = {
-        "missing-channel": {"RAG_INDEX": "missing"},
-        "refused": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"},
-        "silent": {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{silent.getsockname()[1]}"},
-    }[store]
-    started = time.monotonic()
-    with silent:
-        done = subprocess.run(
-            [sys.executable, "-m", "functions"],
-            env={
-                **os.environ,
-                "PORT": "0",
-                "RAG_STORE_URI": published.store_uri,
-                "OLLAMA_HOST": ollama.url,
-                "RAG_CACHE_DIR": str(tmp_path),
-                "RAG_STARTUP_TIMEOUT_S": "3",
-                **env,
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 1
-    assert time.monotonic() - started < 15
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("knative-rag: exiting: ")
-    assert reason in last
