@@ -23,9 +23,11 @@ def main() -> None:
     the download is the longer path.
     """
     settings = Settings()
+    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn.
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger(__package__).setLevel(settings.log_level)
     loader = IndexLoader(settings, started_at=_STARTED)
     loader.start()
     loader.downloading.wait(timeout=5)

@@ -248,8 +248,16 @@ def write_artifact(
             block_size=BLOCK_SIZE,
             blocks=block_hashes(path, BLOCK_SIZE),
         )
+    # Two builds of the same documents in the same second must not collide: the build time,
+    # to the microsecond, is part of what the id hashes.
     fingerprint = hashlib.sha256(
-        json.dumps([embedding.model_dump(), {n: f.sha256 for n, f in files.items()}]).encode()
+        json.dumps(
+            [
+                created_at.isoformat(),
+                embedding.model_dump(),
+                {n: f.sha256 for n, f in files.items()},
+            ]
+        ).encode()
     ).hexdigest()
     manifest = Manifest(
         format_version=FORMAT_VERSION,

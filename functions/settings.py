@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     store_uri: str | None = Field(
         None, description="Where indexes live: s3://bucket/prefix, file:///path or a path."
     )
+    source_uri: str | None = Field(
+        None, description="Builder: the documents, a folder or s3://bucket/prefix."
+    )
     index: str = Field("stable", description="Channel name to follow, or an index id to pin.")
     cache_dir: Path = Field(
         Path("/tmp/knative-rag"), description="Where downloaded artifacts are kept."

@@ -33,7 +33,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build an index from documents and publish it")
     build.add_argument(
-        "--source", required=True, help="a folder or s3://bucket/prefix of documents"
+        "--source",
+        default=settings.source_uri,
+        required=settings.source_uri is None,
+        help="a folder or s3://bucket/prefix of documents (default: $RAG_SOURCE_URI)",
     )
     build.add_argument("--channel", help="move this channel to the new index (compare-and-swap)")
     build.add_argument(
@@ -113,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     settings = Settings()
     args = _parser(settings).parse_args(argv)
+    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn.
     logging.basicConfig(
-        level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
+    for name in ("functions", "index_builder"):
+        logging.getLogger(name).setLevel(settings.log_level)
     try:
         if not args.store:
             raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")

@@ -12,6 +12,7 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.model_dump() == {
         "store_uri": None,
+        "source_uri": None,
         "index": "stable",
         "cache_dir": Path("/tmp/knative-rag"),
         "embed_provider": "ollama",
