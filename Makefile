@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 IMAGE ?= localhost/knative-rag:dev
 
-.PHONY: install test lint format demo bench image clean
+.PHONY: install test lint format demo bench image release clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench: install
 # `source ../shared/tools/container-base.sh` it uses $BUILD (buildah), $BASE_IMAGE and $PIP_CERT_SECRET.
 image:
 	$${BUILD:-docker build} $${PIP_CERT_SECRET:-} $${BASE_IMAGE:+--build-arg BASE_IMAGE=$$BASE_IMAGE} -t $(IMAGE) .
+
+# Blue-green between index versions in the prod overlay: make release STEP="green <index id>",
+# then STEP="shift 10", STEP="promote" or STEP="rollback"; kubectl apply -k knative/overlays/prod.
+release: install
+	$(PY) -m scripts.release $(STEP)
 
 clean:
 	rm -rf .demo .mypy_cache .ruff_cache .pytest_cache
