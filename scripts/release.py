@@ -1,6 +1,7 @@
 """Blue-green between index versions: render the prod overlay's next revision and traffic block.
 
     python -m scripts.release status
+    python -m scripts.release init <index id>    # the first deployment: that index at 100 %
     python -m scripts.release green <index id>   # the new index's revision at 0 %, tag green
     python -m scripts.release shift <percent>    # send <percent> of requests to green
     python -m scripts.release promote            # green takes 100 %; the old one stays, tagged
@@ -68,6 +69,10 @@ def step(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
     current, green, previous = (_tagged(traffic, t) for t in ("current", "green", "previous"))
     if current is None:
         raise SystemExit("release.yaml has no revision tagged current")
+    if command == "init":
+        if len(args) != 1 or not is_index_id(args[0]):
+            raise SystemExit("init needs one index id, like 20261127-081500-3f2a9c1d")
+        return args[0], [_entry(args[0], 100, "current")]
     if command == "green":
         if len(args) != 1 or not is_index_id(args[0]):
             raise SystemExit("green needs one index id, like 20261127-081500-3f2a9c1d")
@@ -96,7 +101,7 @@ def step(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
                 {**current, "percent": 0, "tag": "previous"},
             ]
         raise SystemExit("nothing to roll back to")
-    raise SystemExit(f"unknown step {command!r}: status, green, shift, promote or rollback")
+    raise SystemExit(f"unknown step {command!r}: status, init, green, shift, promote or rollback")
 
 
 def main(argv: list[str]) -> int:

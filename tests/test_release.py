@@ -42,6 +42,12 @@ def test_a_whole_blue_green_rollout_and_its_rollback(capsys: pytest.CaptureFixtu
     assert "100 %  rag-query-20261127-081500-3f2a9c1d  tag current" in capsys.readouterr().out
 
 
+def test_init_pins_the_first_index() -> None:
+    assert release.main(["init", NEW]) == 0
+    assert release._load()[0] == NEW
+    assert traffic() == [(NEW, 100, "current")]
+
+
 def test_rollback_before_promotion_drops_green_to_zero() -> None:
     release.main(["green", NEW])
     release.main(["shift", "50"])
