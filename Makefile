@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 IMAGE ?= localhost/knative-rag:dev
 
-.PHONY: install test lint format demo bench image release clean
+.PHONY: install test lint scan format demo bench image release clean
 
 install: $(STAMP)
 
@@ -28,8 +28,21 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint
+test: lint scan
 	$(PY) -m pytest
+
+# Security scan of the rendered Knative manifests. checkov pins its own dependencies, so it
+# gets a virtual environment of its own.
+SCAN_VENV := .venv-checkov
+$(SCAN_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet 'checkov>=3.2,<4'
+	touch $@
+
+scan: $(SCAN_VENV)/.installed-stamp
+	rm -rf .rendered && mkdir -p .rendered
+	for overlay in dev prod; do kubectl kustomize knative/overlays/$$overlay > .rendered/$$overlay.yaml || exit 1; done
+	$(SCAN_VENV)/bin/checkov --directory .rendered --framework kubernetes --compact --quiet --skip-download
 
 demo: install
 	$(PY) scripts/demo.py
@@ -52,4 +65,4 @@ release: install
 	$(PY) -m scripts.release $(STEP)
 
 clean:
-	rm -rf .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .demo .rendered .mypy_cache .ruff_cache .pytest_cache
