@@ -119,29 +119,29 @@ class IndexLoader:
     def _run(self) -> None:
         started = time.perf_counter()
         try:
-            self.service = self._load()
+            service = self._load()
         except RagError as exc:
             self.state, self.reason = "failed", f"{exc.title}: {exc.message}"
             logger.error("index load failed: %s", self.reason)
-            return
         except Exception as exc:
             self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
             logger.exception("index load failed")
-            return
+        else:
+            self.timings["load"] = time.perf_counter() - started
+            self.ready_at = time.time()
+            self.state, self.reason = "ready", None
+            self.service = service  # assigned last: this is what makes the function ready
+            # Answer mode's engine is built after readiness: retrieve mode never waits for it.
+            threading.Thread(target=self._warm, args=(service,), name="warm", daemon=True).start()
+            logger.info(
+                "serving index %s (%d chunks): %s",
+                service.index_id,
+                len(service.index),
+                ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
+            )
         finally:
             self.downloading.set()
             self.done.set()
-        self.timings["load"] = time.perf_counter() - started
-        self.ready_at = time.time()
-        self.state, self.reason = "ready", None
-        # Answer mode's query engine is built after readiness, so retrieve mode never waits for it.
-        threading.Thread(target=self._warm, args=(self.service,), name="warm", daemon=True).start()
-        logger.info(
-            "serving index %s (%d chunks): %s",
-            self.service.index_id,
-            len(self.service.index),
-            ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
-        )
 
     @staticmethod
     def _warm(service: QueryService) -> None:

@@ -78,12 +78,15 @@ def _ollama_server() -> Iterator[Ollama]:
 @pytest.fixture
 def ollama(_ollama_server: Ollama) -> Ollama:
     """The Ollama double, reset for this test."""
-    double = _ollama_server.double
+    _reset(_ollama_server.double)
+    return _ollama_server
+
+
+def _reset(double: OllamaDouble) -> None:
     double.latency_s = 0.0
     double.fail_embed = False
     double.embedded.clear()
     double.chats.clear()
-    return _ollama_server
 
 
 def write_corpus(root: Path, documents: int = 6, paragraphs: int = 3) -> Path:
@@ -137,6 +140,7 @@ class Published:
 def published(
     s3_endpoint: str, _ollama_server: Ollama, tmp_path_factory: pytest.TempPathFactory
 ) -> Published:
+    _reset(_ollama_server.double)  # a previous module's test may have left it failing
     bucket = f"rag-{uuid.uuid4().hex[:16]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     store_uri = f"s3://{bucket}/rag"
