@@ -16,11 +16,13 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import RagError
+from .errors import InvalidEvent, RagError, UnsupportedEventType
+from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
 from .loader import IndexLoader
 from .settings import Settings
 
@@ -154,6 +156,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 "started_at": loader.started_at,
                 "ready_at": loader.ready_at,
                 "timings_s": {name: round(value, 4) for name, value in loader.timings.items()},
+                "reloads": dict(loader.reloads),
             }
         )
 
@@ -161,13 +164,63 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/query", response_model=QueryResponse, summary="Answer a question, or retrieve sources."
     )
     def query(body: QueryRequest, response: Response) -> QueryResponse:
-        service = loader.require()
-        run = service.answer if body.mode == "answer" else service.retrieve
-        result = run(body.query, body.top_k, dict(body.filters))
-        response.headers["X-Index-Id"] = result.index_id
-        return QueryResponse.model_validate(result, from_attributes=True)
+        answer = _answer(loader, body)
+        response.headers["X-Index-Id"] = answer.index_id
+        return answer
+
+    dedup = Deduplicator()
+    source = f"knative-rag/{settings.service or 'rag-query'}/{settings.revision or 'local'}"
+
+    @app.post(
+        "/events",
+        status_code=202,
+        summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
+    )
+    async def events(request: Request) -> Response:
+        event = parse(request.headers, await request.body())
+        if dedup.seen(event):
+            return Response(status_code=202)  # delivered twice: handled once already
+        if event.type == QUERY_REQUEST:
+            body = _query_request(event.data)
+            answer = await run_in_threadpool(_answer, loader, body)
+            dedup.remember(event)
+            headers = {"X-Index-Id": answer.index_id}
+            if "return=minimal" in request.headers.get("prefer", "").lower():
+                return Response(status_code=202, headers=headers)
+            reply_headers, payload = reply(answer.model_dump(mode="json"), event, source)
+            return Response(payload, status_code=200, headers={**reply_headers, **headers})
+        if event.type == INDEX_PUBLISHED:
+            loader.require()  # still loading: 503, and Knative retries the event later
+            reloading = loader.request_reload()
+            dedup.remember(event)
+            status = "reloading" if reloading else "ignored: this revision pins its index"
+            return JSONResponse({"status": status}, status_code=202)
+        raise UnsupportedEventType(
+            f"event type {event.type!r} is not handled (use {QUERY_REQUEST} or {INDEX_PUBLISHED})"
+        )
 
     return app
+
+
+def _answer(loader: IndexLoader, body: QueryRequest) -> QueryResponse:
+    service = loader.require()
+    run = service.answer if body.mode == "answer" else service.retrieve
+    result = run(body.query, body.top_k, dict(body.filters))
+    return QueryResponse.model_validate(result, from_attributes=True)
+
+
+def _query_request(data: Any) -> QueryRequest:
+    try:
+        return (
+            QueryRequest.model_validate_json(data)
+            if isinstance(data, str | bytes)
+            else QueryRequest.model_validate(data)
+        )
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "data" for e in exc.errors())
+        raise InvalidEvent(
+            f"the query request's data is not a valid /query body: {fields}"
+        ) from exc
 
 
 def __getattr__(name: str) -> FastAPI:

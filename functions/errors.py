@@ -8,7 +8,9 @@ are translated where that library is used, with ``raise ... from exc``.
     RagError                       500  base class; never raised directly
     ├── ConfigurationError         500  settings that cannot work together
     ├── InvalidRequest             400  a request the function cannot answer as asked
-    │   └── UnsupportedFilter      400  a metadata filter the index cannot evaluate
+    │   ├── UnsupportedFilter      400  a metadata filter the index cannot evaluate
+    │   ├── InvalidEvent           400  a CloudEvent that is malformed or lacks a required attribute
+    │   └── UnsupportedEventType   400  a CloudEvent of a type this function does not handle
     ├── NotReady                   503  no index is loaded (yet, or loading failed)
     ├── StoreError                 502  the object store failed or refused an operation
     │   ├── ObjectNotFound         404  a key, index or channel does not exist
@@ -26,12 +28,14 @@ __all__ = [
     "ArtifactError",
     "ConfigurationError",
     "IntegrityError",
+    "InvalidEvent",
     "InvalidRequest",
     "ModelMismatch",
     "NotReady",
     "ObjectNotFound",
     "RagError",
     "StoreError",
+    "UnsupportedEventType",
     "UnsupportedFilter",
     "UnsupportedFormat",
     "UpstreamError",
@@ -67,6 +71,18 @@ class UnsupportedFilter(InvalidRequest):
     """A metadata filter uses an operator or key the index cannot evaluate."""
 
     title = "Unsupported filter"
+
+
+class InvalidEvent(InvalidRequest):
+    """A CloudEvent that is malformed or lacks a required attribute (not retried)."""
+
+    title = "Invalid CloudEvent"
+
+
+class UnsupportedEventType(InvalidRequest):
+    """A CloudEvent of a type this function does not handle (not retried)."""
+
+    title = "Unsupported event type"
 
 
 class NotReady(RagError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -18,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from .artifact import Manifest
-from .catalog import fetch_artifact, read_manifest
+from .catalog import fetch_artifact, is_index_id, read_manifest
 from .embeddings import Embedder, make_embedder
 from .errors import ConfigurationError, ModelMismatch, NotReady, RagError
 from .search import SearchIndex
@@ -66,9 +67,13 @@ class IndexLoader:
         started_at: float | None = None,
     ) -> None:
         self.settings = settings
+        self.follows_channel = not is_index_id(settings.index)
         self.started_at = started_at or time.time()
         self.ready_at: float | None = None
         self._store = store
+        self.reloads: Counter[str] = Counter()  # hot reloads by outcome: succeeded, failed, ...
+        self._reload_lock = threading.Lock()
+        self._reload_pending = threading.Event()
         self._embedder_factory = embedder_factory or self._default_embedder
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
         self.reason: str | None = "index loading has not started"
@@ -155,7 +160,7 @@ class IndexLoader:
         if not settings.store_uri:
             raise ConfigurationError("RAG_STORE_URI is not set")
         step = time.perf_counter()
-        store = self._store or open_store(
+        store = self._store = self._store or open_store(
             settings.store_uri, download_concurrency=settings.download_concurrency
         )
         self.timings["store_client"] = time.perf_counter() - step
@@ -178,6 +183,63 @@ class IndexLoader:
         check_model(manifest, embedder, settings.probe_min_cosine)
         self.timings["model_check"] = time.perf_counter() - step
         return QueryService(index, embedder, make_answerer=self._answerer_factory())
+
+    def request_reload(self) -> bool:
+        """Load the channel's current index in the background and swap it in; False if pinned.
+
+        Requests in flight finish on the index they started with. If the new index fails to
+        download, verify or pass the model check, the old one keeps serving; the failure is
+        logged and counted in ``reloads``. Requests that arrive during a reload are coalesced.
+        """
+        if not self.follows_channel:
+            return False
+        self._reload_pending.set()
+        if self._reload_lock.acquire(blocking=False):
+            threading.Thread(target=self._reload_loop, name="reload", daemon=True).start()
+        return True
+
+    def _reload_loop(self) -> None:
+        while True:
+            try:
+                while self._reload_pending.is_set():
+                    self._reload_pending.clear()
+                    self._reload_once()
+            finally:
+                self._reload_lock.release()
+            # A request that came in between the last check and the release starts a new round.
+            if not self._reload_pending.is_set() or not self._reload_lock.acquire(blocking=False):
+                return
+
+    def _reload_once(self) -> None:
+        current, store, settings = self.service, self._store, self.settings
+        if current is None or store is None:
+            self.reloads["not_ready"] += 1
+            return
+        try:
+            manifest = read_manifest(store, settings.index)
+            if manifest.index_id == current.index_id:
+                self.reloads["unchanged"] += 1
+                return
+            model = settings.embed_model or manifest.embedding.model
+            embedder = (
+                current.embedder
+                if model == current.embedder.model
+                else self._embedder_factory(model)
+            )
+            index = SearchIndex(fetch_artifact(store, manifest, settings.cache_dir))
+            check_model(manifest, embedder, settings.probe_min_cosine)
+        except RagError as exc:
+            self.reloads["failed"] += 1
+            logger.error(
+                "reload failed, still serving %s: %s: %s", current.index_id, exc.title, exc.message
+            )
+            return
+        service = QueryService(index, embedder, make_answerer=self._answerer_factory())
+        self.service = service  # one assignment: new requests see the new index, old ones finish
+        self.reloads["succeeded"] += 1
+        current.index.close()
+        self._warm(service)
+        logger.info("reloaded: serving index %s (was %s)", service.index_id, current.index_id)
 
     def _answerer_factory(self) -> Callable[[SearchIndex, Embedder], Answerer] | None:
         settings = self.settings

@@ -103,8 +103,8 @@ class SearchIndex:
         norm = float(np.sqrt(np.dot(query, query)))
         rows = np.flatnonzero(self.mask(where)) if where is not None else None
         job = _Job(query / norm if norm > 0 else query, top_k, rows, Future())
-        self._start()
         self._queue.put(job)
+        self._start()  # after the put: see close()
         picked, scores = job.result.result()
         return [
             Hit(int(row), float(score), self.artifact.record(int(row)))
@@ -112,19 +112,26 @@ class SearchIndex:
         ]
 
     def close(self) -> None:
-        """Stop the worker thread (queries already queued are answered first)."""
+        """Stop the worker thread; a query queued meanwhile still gets a worker to answer it."""
         with self._lock:
-            if self._worker is not None:
-                self._queue.put(None)
-                self._worker.join()
-                self._worker = None
+            if self._worker is None:
+                return
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+            # A query put behind the stop signal saw the old worker alive and started none.
+            if not self._queue.empty():
+                self._start_locked()
 
     def _start(self) -> None:
         if self._worker is None:
             with self._lock:
                 if self._worker is None:
-                    self._worker = threading.Thread(target=self._work, name="search", daemon=True)
-                    self._worker.start()
+                    self._start_locked()
+
+    def _start_locked(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="search", daemon=True)
+        self._worker.start()
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:

@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     port: int = Field(
         8080, validation_alias=AliasChoices("PORT"), description="HTTP port (Knative sets it)."
     )
+    service: str | None = Field(
+        None,
+        validation_alias=AliasChoices("K_SERVICE"),
+        description="Knative service name, if any.",
+    )
+    sink: str | None = Field(
+        None,
+        validation_alias=AliasChoices("K_SINK"),
+        description="Builder: where to send index.published.",
+    )
     revision: str | None = Field(
         None,
         validation_alias=AliasChoices("K_REVISION"),

@@ -12,6 +12,8 @@ import sys
 
 from functions.embeddings import make_embedder
 from functions.errors import ConfigurationError, RagError, WriteConflict
+from functions.events import INDEX_PUBLISHED
+from functions.events import publish as publish_event
 from functions.settings import Settings
 from functions.storage import Store, open_store
 
@@ -85,6 +87,21 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
         chunk_overlap=args.chunk_overlap,
     )
     counts = manifest.counts
+    if args.channel and settings.sink:
+        # The channel pointer is the truth; the event only saves followers a wait. A failed send
+        # is reported, not fatal.
+        data = {
+            "index_id": manifest.index_id,
+            "channel": args.channel,
+            "created_at": manifest.created_at.isoformat(),
+            "embedding": manifest.embedding.model_dump(),
+            "counts": counts.model_dump(),
+        }
+        failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)
+        if failure:
+            print(f"warning: index.published not delivered to K_SINK: {failure}", file=sys.stderr)
+        else:
+            print(f"announced {manifest.index_id} to K_SINK", file=sys.stderr)
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
         f"{counts.embedded} embedded, {counts.reused} reused"

@@ -30,6 +30,8 @@ def test_defaults() -> None:
         "log_level": "INFO",
         "ollama_host": "http://127.0.0.1:11434",
         "port": 8080,
+        "service": None,
+        "sink": None,
         "revision": None,
     }
 
