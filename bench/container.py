@@ -29,7 +29,7 @@ from bench import corpus as synthetic  # noqa: E402
 from bench.services import free_port, moto_server, request  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 from tests.ollama_double import OllamaDouble  # noqa: E402
-from tests.servers import serve  # noqa: E402
+from tests.servers import serve, strict_container  # noqa: E402
 
 WORK = ROOT / "bench" / ".work" / "container"
 
@@ -75,22 +75,7 @@ def main() -> None:
                 "RAG_LLM_PROVIDER": "none",
                 "RAG_DOWNLOAD_CONCURRENCY": "1",
             }
-            flags = [
-                "--name",
-                name,
-                "--network=host",
-                "--read-only",
-                "--tmpfs",
-                "/tmp:rw,size=1g,mode=1777",
-                "--user",
-                "12345:12345",
-                "--cap-drop",
-                "ALL",
-                "--security-opt",
-                "no-new-privileges",
-            ]
-            for key, value in env.items():
-                flags += ["-e", f"{key}={value}"]
+            flags = strict_container(name, env)
             started = time.monotonic()
             subprocess.run([*run, "-d", *flags, args.image], check=True, capture_output=True)
             return started

@@ -28,6 +28,7 @@ from functions.storage import open_store
 from index_builder.job import run_build
 
 from .conftest import Ollama, write_corpus
+from .servers import strict_container
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/knative-rag:test"
@@ -78,29 +79,12 @@ def image() -> str:
 
 
 def _strict(name: str, port: int, env: dict[str, str]) -> list[str]:
-    flags = [
-        "--name",
-        name,
-        "--network=host",
-        "--read-only",
-        "--tmpfs",
-        "/tmp:rw,size=1g,mode=1777",
-        "--user",
-        "12345:12345",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-    ]
-    for key, value in {
-        "PORT": str(port),
+    aws = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        **env,
-    }.items():
-        flags += ["-e", f"{key}={value}"]
-    return flags
+    }
+    return strict_container(name, {"PORT": str(port), **aws, **env})
 
 
 @pytest.fixture
