@@ -21,8 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import InvalidEvent, RagError, UnsupportedEventType
+from .errors import ConfigurationError, InvalidEvent, RagError, UnsupportedEventType
 from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
+from .guards import ApiKeys, Limits
 from .loader import IndexLoader
 from .settings import Settings
 
@@ -119,6 +120,16 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     app = FastAPI(title="knative-rag query function", version="0.1.0", lifespan=lifespan)
     app.state.loader = loader
     app.add_middleware(_IndexIdHeader, loader=loader)
+    app.add_middleware(
+        Limits, max_body_bytes=settings.max_body_bytes, max_concurrency=settings.max_concurrency
+    )
+    keys = api_keys(settings)
+    if keys:
+        app.add_middleware(ApiKeys, keys=keys)
+    else:
+        logger.warning(
+            "no API key configured (RAG_API_KEYS, RAG_API_KEYS_FILE): the service is open"
+        )
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:
@@ -200,6 +211,17 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         )
 
     return app
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """The configured API keys, from the variable and the mounted file."""
+    keys = [key.strip() for key in (settings.api_keys or "").split(",")]
+    if settings.api_keys_file is not None:
+        try:
+            keys += [line.strip() for line in settings.api_keys_file.read_text().splitlines()]
+        except OSError as exc:
+            raise ConfigurationError(f"RAG_API_KEYS_FILE cannot be read: {exc.strerror}") from exc
+    return [key for key in keys if key]
 
 
 def _answer(loader: IndexLoader, body: QueryRequest) -> QueryResponse:

@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     startup_timeout_s: float = Field(
         120.0, gt=0, description="python -m functions exits non-zero if not ready by then."
     )
+    api_keys: str | None = Field(
+        None, description="Comma-separated API keys; unset (and no file) = open service."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file with one API key per line (a mounted Secret)."
+    )
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body, bytes (413).")
+    max_concurrency: int = Field(
+        64, ge=1, description="Requests in flight before new ones get 503 + Retry-After."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     ollama_host: str = Field(
         "http://127.0.0.1:11434",

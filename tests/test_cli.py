@@ -56,7 +56,8 @@ def test_build_list_promote_gc(
     lines = out.splitlines()
     assert lines[0].startswith("channel stable")
     assert lines[0].split()[3] == second
-    assert [line.split()[1] for line in lines[1:]] == [second, first]
+    # newest first by id; two builds in the same second order by their hash part
+    assert [line.split()[1] for line in lines[1:]] == sorted([second, first], reverse=True)
 
     status, out, _ = cli(
         capsys,

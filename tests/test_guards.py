@@ -1,0 +1,130 @@
+"""API keys and limits, through a real uvicorn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from functions.app import create_app
+from functions.errors import ConfigurationError
+from functions.settings import Settings
+
+from .conftest import Ollama, Published, settings_for
+from .servers import serve
+
+QUERY = {"query": "facts about rivers", "mode": "retrieve", "top_k": 2}
+
+
+@contextmanager
+def function(settings: Settings) -> Iterator[httpx.Client]:
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield client
+
+
+def is_problem(response: httpx.Response, status: int) -> bool:
+    return (
+        response.status_code == status
+        and response.headers["content-type"] == "application/problem+json"
+    )
+
+
+def test_api_keys_guard_everything_but_health(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("from-file-key\n\n")
+    settings = settings_for(
+        published.store_uri, ollama, tmp_path, api_keys="k1, k2", api_keys_file=keys
+    )
+    with function(settings) as client:
+        missing = client.post("/query", json=QUERY)
+        wrong = client.post("/query", json=QUERY, headers={"Authorization": "Bearer nope"})
+        bearer = client.post("/query", json=QUERY, headers={"Authorization": "Bearer k2"})
+        header = client.post("/query", json=QUERY, headers={"X-API-Key": "from-file-key"})
+        events = client.post(
+            "/events", content=b"{}", headers={"content-type": "application/cloudevents+json"}
+        )
+        health = (client.get("/healthz").status_code, client.get("/readyz").status_code)
+    assert is_problem(missing, 401)
+    assert missing.headers["www-authenticate"] == 'Bearer realm="knative-rag"'
+    assert is_problem(wrong, 401)
+    assert "nope" not in wrong.text
+    assert (bearer.status_code, header.status_code) == (200, 200)
+    assert is_problem(events, 401)
+    assert health == (200, 200)
+
+
+def test_an_unreadable_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="RAG_API_KEYS_FILE"):
+        create_app(Settings(api_keys_file=tmp_path / "missing"))
+
+
+def test_without_keys_the_service_is_open_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="functions.app"):
+        create_app(Settings())
+    assert [r.getMessage() for r in caplog.records] == [
+        "no API key configured (RAG_API_KEYS, RAG_API_KEYS_FILE): the service is open"
+    ]
+
+
+def test_oversized_bodies_are_413_whether_declared_or_chunked(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    settings = settings_for(published.store_uri, ollama, tmp_path, max_body_bytes=2048)
+    big = b'{"query": "' + b"x" * 5000 + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(big), 512):
+            yield big[start : start + 512]
+
+    with function(settings) as client:
+        declared = client.post("/query", content=big, headers={"content-type": "application/json"})
+        chunked = client.post(
+            "/query", content=chunks(), headers={"content-type": "application/json"}
+        )
+        event = client.post(
+            "/events", content=chunks(), headers={"content-type": "application/cloudevents+json"}
+        )
+        fine = client.post("/query", json=QUERY)
+    assert is_problem(declared, 413)
+    assert "transfer-encoding" not in declared.request.headers
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert is_problem(chunked, 413)
+    assert is_problem(event, 413)
+    assert fine.status_code == 200
+
+
+def test_over_the_concurrency_limit_requests_are_refused_at_once(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    settings = settings_for(published.store_uri, ollama, tmp_path, max_concurrency=2)
+    with function(settings) as client:
+        ollama.double.latency_s = 1.0  # each query's embedding now takes a second
+        slow: list[int] = []
+
+        def query() -> None:
+            with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+                slow.append(own.post("/query", json=QUERY).status_code)
+
+        threads = [threading.Thread(target=query) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        refused = client.post("/query", json=QUERY)
+        healthy = client.get("/readyz").status_code
+        for thread in threads:
+            thread.join()
+    assert is_problem(refused, 503)
+    assert refused.headers["retry-after"] == "1"
+    assert healthy == 200  # probes are never counted or refused
+    assert slow == [200, 200]
