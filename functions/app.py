@@ -71,6 +71,28 @@ class QueryResponse(BaseModel):
     index_id: str
 
 
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error response of this API."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(None, description="Invalid body fields (422).")
+    state: str | None = Field(None, description="Loader state (503 from /readyz).")
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
 def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
     """An RFC 9457 problem response."""
     body = {
@@ -118,6 +140,18 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         yield
 
     app = FastAPI(title="knative-rag query function", version="0.1.0", lifespan=lifespan)
+    # The problem schema every error response refers to.
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = original_openapi()
+            document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.loader = loader
     app.add_middleware(_IndexIdHeader, loader=loader)
     app.add_middleware(
@@ -156,7 +190,11 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: 200 once the index is loaded and verified, else 503.")
+    @app.get(
+        "/readyz",
+        summary="Readiness: 200 once the index is loaded and verified, else 503.",
+        responses=_problems(503),
+    )
     async def readyz() -> Response:
         if loader.service is None:
             return problem(503, loader.reason or "not ready", "Index not ready", state=loader.state)
@@ -172,7 +210,10 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         )
 
     @app.post(
-        "/query", response_model=QueryResponse, summary="Answer a question, or retrieve sources."
+        "/query",
+        response_model=QueryResponse,
+        summary="Answer a question, or retrieve sources.",
+        responses=_problems(400, 401, 413, 422, 502, 503),
     )
     def query(body: QueryRequest, response: Response) -> QueryResponse:
         answer = _answer(loader, body)
@@ -186,6 +227,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/events",
         status_code=202,
         summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
+        responses=_problems(400, 401, 413, 502, 503),
     )
     async def events(request: Request) -> Response:
         event = parse(request.headers, await request.body())
