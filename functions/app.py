@@ -167,7 +167,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status in (503, 504) else None
         response = problem(exc.status, exc.message, exc.title)
         response.headers.update(headers or {})
         return response

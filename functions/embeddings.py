@@ -13,13 +13,15 @@ than a second of cold start and retrieve mode needs nothing else from it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigurationError, UpstreamError
+from .errors import ConfigurationError, UpstreamError, UpstreamTimeout
 
 __all__ = [
     "LOCAL_MODEL",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
+_ATTEMPTS = 4
+_BACKOFF_S = 0.25
 
 
 class Embedder(Protocol):
@@ -81,17 +85,25 @@ class OllamaEmbedder:
 
     def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed in batches of ``batch_size`` through ``/api/embed``."""
-        try:
-            return normalize(self._client.get_text_embedding_batch(list(texts)))
-        except Exception as exc:  # ollama.ResponseError, httpx errors: all mean the server failed
-            raise UpstreamError(f"Ollama embedding with {self.model!r} failed: {exc}") from exc
+        return normalize(self._retrying(lambda: self._client.get_text_embedding_batch(list(texts))))
 
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one query through ``/api/embed``."""
-        try:
-            return normalize(self._client.get_query_embedding(text))
-        except Exception as exc:
-            raise UpstreamError(f"Ollama embedding with {self.model!r} failed: {exc}") from exc
+        return normalize(self._retrying(lambda: self._client.get_query_embedding(text)))
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        # A build embeds for minutes: a model server restart or a brief overload should cost a
+        # retry, not the build. After the last attempt the error stands; nothing is published.
+        for attempt in range(_ATTEMPTS):
+            try:
+                return call()
+            except Exception as exc:  # ollama.ResponseError, httpx errors: the server failed
+                failure = exc
+                if attempt + 1 < _ATTEMPTS:
+                    time.sleep(_BACKOFF_S * 2**attempt * (0.5 + random.random()))
+        raise UpstreamError(
+            f"Ollama embedding with {self.model!r} failed {_ATTEMPTS} times: {failure}"
+        ) from failure
 
 
 class OllamaQueryEmbedder:
@@ -108,10 +120,15 @@ class OllamaQueryEmbedder:
         self._batch_size = batch_size
         self._client = httpx.Client(base_url=ollama_base_url(host), timeout=timeout_s)
         self._http_error = httpx.HTTPError
+        self._timeout = httpx.TimeoutException
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         try:
             response = self._client.post("/api/embed", json={"model": self.model, "input": texts})
+        except self._timeout as exc:
+            raise UpstreamTimeout(
+                f"Ollama at {self._client.base_url} did not answer in time"
+            ) from exc
         except self._http_error as exc:
             raise UpstreamError(f"Ollama at {self._client.base_url} is unreachable: {exc}") from exc
         if response.status_code != 200:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.response.schema import Response
@@ -17,7 +18,7 @@ from llama_index.llms.ollama import Ollama
 from pydantic import PrivateAttr
 
 from .embeddings import Embedder, ollama_base_url
-from .errors import RagError, UpstreamError
+from .errors import RagError, UpstreamError, UpstreamTimeout
 from .search import SearchIndex
 from .vector_store import ArtifactVectorStore
 
@@ -62,6 +63,7 @@ class LlamaAnswerer:
             ArtifactVectorStore(index), embed_model=EmbedderAdapter(embedder)
         )
         self._llm = llm
+        self._timeout_s = float(getattr(llm, "request_timeout", 0) or 0)
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
         """The LLM's answer and the ``NodeWithScore`` sources it was given."""
@@ -82,7 +84,9 @@ class LlamaAnswerer:
             response = engine.query(query)
         except RagError:
             raise
-        except Exception as exc:  # ollama.ResponseError, httpx errors, timeouts
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"the LLM did not answer within {self._timeout_s:g} s") from exc
+        except Exception as exc:  # ollama.ResponseError, httpx errors
             raise UpstreamError(f"the LLM failed to answer: {type(exc).__name__}: {exc}") from exc
         if not isinstance(response, Response):
             raise UpstreamError(f"the query engine returned a {type(response).__name__}")

@@ -19,7 +19,8 @@ are translated where that library is used, with ``raise ... from exc``.
     │   ├── IntegrityError         500  a file is missing, truncated or fails its sha256
     │   └── UnsupportedFormat      500  a manifest of a format version this build cannot read
     ├── ModelMismatch              500  the configured embedding model differs from the index's
-    └── UpstreamError              502  the embedding model or LLM server failed
+    └── UpstreamError              503  the embedding model or LLM server failed (Retry-After)
+        └── UpstreamTimeout        504  the embedding model or LLM server did not answer in time
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "UnsupportedFilter",
     "UnsupportedFormat",
     "UpstreamError",
+    "UpstreamTimeout",
     "WriteConflict",
 ]
 
@@ -138,7 +140,14 @@ class ModelMismatch(RagError):
 
 
 class UpstreamError(RagError):
-    """The embedding model server or the LLM failed."""
+    """The embedding model server or the LLM failed; the client may retry shortly."""
 
-    status = 502
-    title = "Model server error"
+    status = 503
+    title = "Model server unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The embedding model server or the LLM did not answer in time."""
+
+    status = 504
+    title = "Model server timed out"

@@ -85,6 +85,7 @@ def ollama(_ollama_server: Ollama) -> Ollama:
 def _reset(double: OllamaDouble) -> None:
     double.latency_s = 0.0
     double.fail_embed = False
+    double.fail_next = 0
     double.embedded.clear()
     double.chats.clear()
 

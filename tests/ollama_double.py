@@ -34,6 +34,7 @@ class OllamaDouble:
         self.chat_models = chat_models
         self.latency_s = 0.0
         self.fail_embed = False
+        self.fail_next = 0  # fail this many embed requests, then recover
         self.embedded: list[str] = []
         self.chats: list[dict[str, Any]] = []
         self.shows = 0
@@ -60,7 +61,9 @@ class OllamaDouble:
         model = body.get("model", "")
         if model not in self.models:
             return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
-        if self.fail_embed:
+        if self.fail_embed or self.fail_next > 0:
+            with self._lock:
+                self.fail_next = max(0, self.fail_next - 1)
             return JSONResponse({"error": "the double was told to fail"}, status_code=500)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         if self.latency_s:

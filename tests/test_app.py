@@ -265,12 +265,37 @@ def test_malformed_json_unknown_routes_and_methods(
     assert is_problem(method, 405)
 
 
-def test_embedding_server_failure_at_query_time_is_502(
+def test_embedding_server_failure_at_query_time_is_503(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
     with function(settings_for(published.store_uri, ollama, tmp_path)) as client:
         wait_ready(client)
         ollama.double.fail_embed = True
         response = client.post("/query", json={"query": "x", "mode": "retrieve"})
-    assert is_problem(response, 502)
-    assert response.json()["title"] == "Model server error"
+    assert is_problem(response, 503)
+    assert (response.json()["title"], response.headers["retry-after"]) == (
+        "Model server unavailable",
+        "1",
+    )
+
+
+def test_llm_down_or_slow_fails_answer_mode_cleanly_while_retrieve_works(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    with function(
+        settings_for(published.store_uri, ollama, tmp_path, llm_model="missing-llm")
+    ) as client:
+        wait_ready(client)
+        down = client.post("/query", json={"query": "x", "mode": "answer"})
+        retrieve = client.post("/query", json={"query": "x", "mode": "retrieve"})
+    assert is_problem(down, 503)
+    assert down.headers["retry-after"] == "1"
+    assert "missing-llm" in down.json()["detail"]
+    assert retrieve.status_code == 200
+    with function(settings_for(published.store_uri, ollama, tmp_path, llm_timeout_s=0.5)) as client:
+        wait_ready(client)
+        ollama.double.latency_s = 1.5
+        slow = client.post("/query", json={"query": "x", "mode": "answer"})
+    assert is_problem(slow, 504)
+    assert slow.headers["retry-after"] == "1"
+    assert slow.json()["title"] == "Model server timed out"

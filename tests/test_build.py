@@ -107,9 +107,17 @@ def test_embedding_failure_fails_the_build_without_publishing(
     corpus: Path, s3_uri: str, ollama: Ollama, tmp_path: Path
 ) -> None:
     ollama.double.fail_embed = True
-    with pytest.raises(UpstreamError, match="nomic-embed-text"):
+    with pytest.raises(UpstreamError, match="nomic-embed-text' failed 4 times"):
         build_and_publish(corpus, s3_uri, ollama)
     assert open_store(s3_uri).list_objects("") == []
+
+
+def test_embedding_batches_are_retried_until_the_server_recovers(
+    corpus: Path, s3_uri: str, ollama: Ollama
+) -> None:
+    ollama.double.fail_next = 2  # the first two requests fail, as during a model server restart
+    index_id = build_and_publish(corpus, s3_uri, ollama)
+    assert read_manifest(open_store(s3_uri), "stable").index_id == index_id
 
 
 def test_chunk_overlap_must_be_below_chunk_size(corpus: Path) -> None:
