@@ -193,3 +193,34 @@ def test_any_records_round_trip(
     artifact = fetch_artifact(store, read_manifest(store, "stable"), directory / "cache")
     assert artifact.manifest == manifest
     assert [artifact.record(i) for i in range(len(rows))] == rows
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(DATA_FILES),
+    where=st.floats(min_value=0, max_value=1, exclude_max=True),
+    change=st.sampled_from(["flip", "truncate", "append"]),
+)
+def test_any_corruption_of_any_file_is_detected(
+    tmp_path_factory: pytest.TempPathFactory, name: str, where: float, change: str
+) -> None:
+    directory = tmp_path_factory.mktemp("c")
+    random_artifact(directory / "a", n=40, dim=8)
+    store = LocalStore(directory / "store")
+    index_id = publish_dir(directory / "a", store)
+    path = store.root / index_key(index_id, name)
+    data = bytearray(path.read_bytes())
+    at = int(where * len(data))
+    if change == "flip" and data:
+        data[at] ^= 0x01
+    elif change == "truncate":
+        del data[at:]
+    else:
+        data += b"\\0"
+    if bytes(data) == path.read_bytes():
+        return  # an empty file cannot be flipped; truncating it at 0 changes nothing
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        fetch_artifact(store, read_manifest(store, "stable"), directory / "cache")

@@ -20,6 +20,8 @@ from cloudevents.core.bindings.http import (
     to_structured_event,
 )
 from cloudevents.core.v1.event import CloudEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +30,8 @@ from starlette.routing import Route
 from functions.app import create_app
 from functions.catalog import index_key
 from functions.embeddings import OllamaEmbedder
-from functions.events import INDEX_PUBLISHED, QUERY_REQUEST, QUERY_RESPONSE
+from functions.errors import InvalidEvent
+from functions.events import INDEX_PUBLISHED, QUERY_REQUEST, QUERY_RESPONSE, parse
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.__main__ import main as builder
@@ -349,3 +352,28 @@ def test_an_unreachable_k_sink_does_not_fail_the_build(
         builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable"]) == 0
     )
     assert "warning: index.published not delivered to K_SINK" in capsys.readouterr().err
+
+
+_text = st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            ["ce-specversion", "ce-id", "ce-source", "ce-type", "content-type", "ce-time"]
+        ),
+        _text,
+    ),
+    body=st.binary(max_size=200),
+)
+def test_parse_either_returns_a_complete_event_or_raises_invalid_event(
+    headers: dict[str, str], body: bytes
+) -> None:
+    try:
+        parsed = parse(headers, body)
+    except InvalidEvent:
+        return
+    assert parsed.type
+    assert parsed.source
+    assert parsed.id
