@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -25,6 +24,8 @@ from .errors import ConfigurationError, InvalidEvent, RagError, UnsupportedEvent
 from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
 from .guards import ApiKeys, Limits
 from .loader import IndexLoader
+from .problems import Problem as ProblemModel
+from .problems import problem, problem_responses
 from .settings import Settings
 
 __all__ = ["QueryRequest", "QueryResponse", "create_app"]
@@ -71,41 +72,6 @@ class QueryResponse(BaseModel):
     index_id: str
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem: every error response of this API."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, Any]] | None = Field(None, description="Invalid body fields (422).")
-    state: str | None = Field(None, description="Loader state (503 from /readyz).")
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    schema = {"$ref": "#/components/schemas/Problem"}
-    return {
-        status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {"application/problem+json": {"schema": schema}},
-        }
-        for status in statuses
-    }
-
-
-def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {
-        "type": "about:blank",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    return JSONResponse(
-        {**body, **extra}, status_code=status, media_type="application/problem+json"
-    )
-
-
 class _IndexIdHeader:
     """Adds ``X-Index-Id`` (the serving index) to every response that does not carry one."""
 
@@ -147,7 +113,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         if app.openapi_schema is None:
             document = original_openapi()
             document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
-                Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+                ProblemModel.model_json_schema(ref_template="#/components/schemas/{model}")
             )
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -193,7 +159,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     @app.get(
         "/readyz",
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
-        responses=_problems(503),
+        responses=problem_responses(503),
     )
     async def readyz() -> Response:
         if loader.service is None:
@@ -213,7 +179,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/query",
         response_model=QueryResponse,
         summary="Answer a question, or retrieve sources.",
-        responses=_problems(400, 401, 413, 422, 502, 503),
+        responses=problem_responses(400, 401, 413, 422, 502, 503),
     )
     def query(body: QueryRequest, response: Response) -> QueryResponse:
         answer = _answer(loader, body)
@@ -227,7 +193,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/events",
         status_code=202,
         summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
-        responses=_problems(400, 401, 413, 502, 503),
+        responses=problem_responses(400, 401, 413, 502, 503),
     )
     async def events(request: Request) -> Response:
         event = parse(request.headers, await request.body())

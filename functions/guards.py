@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterable
-from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .problems import problem
 
 __all__ = ["OPEN_PATHS", "ApiKeys", "Limits"]
 
@@ -23,28 +23,16 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 async def _problem(
-    send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": HTTPStatus(status).phrase,
-            "status": status,
-            "detail": detail,
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    # A pure ASGI answer with the body every other error of the app has.
+    response = problem(status, detail)
+    response.headers.update(headers or {})
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class ApiKeys:
@@ -72,7 +60,7 @@ class ApiKeys:
             send,
             401,
             "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
-            [(b"www-authenticate", b'Bearer realm="knative-rag"')],
+            {"WWW-Authenticate": 'Bearer realm="knative-rag"'},
         )
 
 
@@ -102,7 +90,7 @@ class Limits:
             return
         if self.in_flight >= self.max_concurrency:
             await _problem(
-                send, 503, "too many requests in flight; retry shortly", [(b"retry-after", b"1")]
+                send, 503, "too many requests in flight; retry shortly", {"Retry-After": "1"}
             )
             return
         self.in_flight += 1
