@@ -7,8 +7,9 @@ environment. The index loads in the background at start-up: ``/healthz`` is 200 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -20,7 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigurationError, InvalidEvent, RagError, UnsupportedEventType
+from .errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    InvalidEvent,
+    RagError,
+    UnsupportedEventType,
+)
 from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
 from .guards import ApiKeys, Limits
 from .loader import IndexLoader
@@ -179,10 +186,10 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/query",
         response_model=QueryResponse,
         summary="Answer a question, or retrieve sources.",
-        responses=problem_responses(400, 401, 413, 422, 502, 503),
+        responses=problem_responses(400, 401, 413, 422, 503, 504),
     )
-    def query(body: QueryRequest, response: Response) -> QueryResponse:
-        answer = _answer(loader, body)
+    async def query(body: QueryRequest, response: Response) -> QueryResponse:
+        answer = await _within(settings.request_timeout_s, _answer, loader, body)
         response.headers["X-Index-Id"] = answer.index_id
         return answer
 
@@ -193,7 +200,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/events",
         status_code=202,
         summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
-        responses=problem_responses(400, 401, 413, 502, 503),
+        responses=problem_responses(400, 401, 413, 503, 504),
     )
     async def events(request: Request) -> Response:
         event = parse(request.headers, await request.body())
@@ -201,7 +208,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             return Response(status_code=202)  # delivered twice: handled once already
         if event.type == QUERY_REQUEST:
             body = _query_request(event.data)
-            answer = await run_in_threadpool(_answer, loader, body)
+            answer = await _within(settings.request_timeout_s, _answer, loader, body)
             dedup.remember(event)
             headers = {"X-Index-Id": answer.index_id}
             if "return=minimal" in request.headers.get("prefer", "").lower():
@@ -230,6 +237,20 @@ def api_keys(settings: Settings) -> list[str]:
         except OSError as exc:
             raise ConfigurationError(f"RAG_API_KEYS_FILE cannot be read: {exc.strerror}") from exc
     return [key for key in keys if key]
+
+
+async def _within(
+    deadline_s: float, run: Callable[..., QueryResponse], *args: Any
+) -> QueryResponse:
+    """Run a blocking answer in the thread pool, giving up (504) after ``deadline_s``.
+
+    The worker thread cannot be interrupted and finishes in the background; what the deadline
+    guarantees is that the client gets the app's own 504 before the platform's timeout.
+    """
+    try:
+        return await asyncio.wait_for(run_in_threadpool(run, *args), deadline_s)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"no answer within {deadline_s:g} s") from exc
 
 
 def _answer(loader: IndexLoader, body: QueryRequest) -> QueryResponse:

@@ -12,6 +12,7 @@ are translated where that library is used, with ``raise ... from exc``.
     │   ├── InvalidEvent           400  a CloudEvent that is malformed or lacks a required attribute
     │   └── UnsupportedEventType   400  a CloudEvent of a type this function does not handle
     ├── NotReady                   503  no index is loaded (yet, or loading failed)
+    ├── DeadlineExceeded           504  the request ran past its deadline (RAG_REQUEST_TIMEOUT_S)
     ├── StoreError                 502  the object store failed or refused an operation
     │   ├── ObjectNotFound         404  a key, index or channel does not exist
     │   └── WriteConflict          409  a conditional write lost (a channel moved, a key exists)
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "ConfigurationError",
+    "DeadlineExceeded",
     "IntegrityError",
     "InvalidEvent",
     "InvalidRequest",
@@ -92,6 +94,13 @@ class NotReady(RagError):
 
     status = 503
     title = "Index not ready"
+
+
+class DeadlineExceeded(RagError):
+    """The request ran past its deadline; the client may retry."""
+
+    status = 504
+    title = "Request deadline exceeded"
 
 
 class StoreError(RagError):

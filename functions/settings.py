@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file with one API key per line (a mounted Secret)."
     )
+    request_timeout_s: float = Field(
+        140.0, gt=0, description="Deadline of one query (504); keep it below the platform's."
+    )
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body, bytes (413).")
     max_concurrency: int = Field(
         64, ge=1, description="Requests in flight before new ones get 503 + Retry-After."

@@ -265,6 +265,22 @@ def test_malformed_json_unknown_routes_and_methods(
     assert is_problem(method, 405)
 
 
+def test_a_query_past_its_deadline_is_504(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    with function(
+        settings_for(published.store_uri, ollama, tmp_path, request_timeout_s=0.5)
+    ) as client:
+        wait_ready(client)
+        ollama.double.latency_s = 1.5  # the query's embedding takes longer than the deadline
+        response = client.post("/query", json={"query": "x", "mode": "retrieve"})
+    assert is_problem(response, 504)
+    assert (response.json()["title"], response.headers["retry-after"]) == (
+        "Request deadline exceeded",
+        "1",
+    )
+
+
 def test_embedding_server_failure_at_query_time_is_503(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:

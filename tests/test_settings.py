@@ -29,6 +29,7 @@ def test_defaults() -> None:
         "startup_timeout_s": 120.0,
         "api_keys": None,
         "api_keys_file": None,
+        "request_timeout_s": 140.0,
         "max_body_bytes": 65536,
         "max_concurrency": 64,
         "log_level": "INFO",
