@@ -18,7 +18,8 @@ are translated where that library is used, with ``raise ... from exc``.
     │   └── WriteConflict          409  a conditional write lost (a channel moved, a key exists)
     ├── ArtifactError              500  an index artifact that must not be served
     │   ├── IntegrityError         500  a file is missing, truncated or fails its sha256
-    │   └── UnsupportedFormat      500  a manifest of a format version this build cannot read
+    │   ├── UnsupportedFormat      500  a manifest of a format version this build cannot read
+    │   └── IndexTooLarge          500  the index would not fit the memory budget (RAG_MAX_INDEX_MB)
     ├── ModelMismatch              500  the configured embedding model differs from the index's
     └── UpstreamError              503  the embedding model or LLM server failed (Retry-After)
         └── UpstreamTimeout        504  the embedding model or LLM server did not answer in time
@@ -30,6 +31,7 @@ __all__ = [
     "ArtifactError",
     "ConfigurationError",
     "DeadlineExceeded",
+    "IndexTooLarge",
     "IntegrityError",
     "InvalidEvent",
     "InvalidRequest",
@@ -140,6 +142,12 @@ class UnsupportedFormat(ArtifactError):
     """The manifest declares a format version this build cannot read."""
 
     title = "Unsupported index format"
+
+
+class IndexTooLarge(ArtifactError):
+    """The index would not fit the memory budget (``RAG_MAX_INDEX_MB``)."""
+
+    title = "Index larger than the memory budget"
 
 
 class ModelMismatch(RagError):

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )
+    max_index_mb: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Largest index to load, MiB (its files' total size); default: what the container's "
+            "memory limit leaves, halved when following a channel (hot reloads hold two)."
+        ),
+    )
     startup_timeout_s: float = Field(
         120.0, gt=0, description="python -m functions exits non-zero if not ready by then."
     )

@@ -273,6 +273,8 @@ def test_reloads_swap_atomically_under_concurrent_queries(
         assert ready(client)["reloads"] == {"succeeded": 3}
     assert failures == []
     assert set(ids) <= served
+    # Each reload gave the replaced index's cached files back (the cache is memory on Knative).
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [ids[-1]]
 
 
 def test_a_failed_reload_keeps_the_old_index(s3_uri: str, ollama: Ollama, tmp_path: Path) -> None:

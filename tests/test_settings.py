@@ -26,6 +26,7 @@ def test_defaults() -> None:
         "chunk_size": None,
         "chunk_overlap": 64,
         "download_concurrency": 8,
+        "max_index_mb": None,
         "startup_timeout_s": 120.0,
         "api_keys": None,
         "api_keys_file": None,
