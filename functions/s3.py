@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,28 @@ class S3Store:
                         ObjectInfo(item["Key"][strip:], item["Size"], item["LastModified"])
                     )
         return found
+
+    def abort_incomplete(
+        self, prefix: str, before: datetime, *, dry_run: bool = False
+    ) -> list[str]:
+        """Abort multipart uploads under the prefix started before ``before`` (a dead writer's).
+
+        S3 keeps the parts of an upload that was never completed or aborted, invisible to
+        listings and billed, until someone aborts it.
+        """
+        strip = len(self._key(""))
+        aborted = []
+        with self._translated(prefix):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < before:
+                        if not dry_run:
+                            self.client.abort_multipart_upload(
+                                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                            )
+                        aborted.append(upload["Key"][strip:])
+        return aborted
 
     def delete(self, keys: list[str]) -> None:
         """Delete objects in batches of 1000."""

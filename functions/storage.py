@@ -94,6 +94,11 @@ class Store(Protocol):
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List the objects whose key starts with ``prefix``."""
 
+    def abort_incomplete(
+        self, prefix: str, before: datetime, *, dry_run: bool = False
+    ) -> list[str]:
+        """Discard uploads under ``prefix`` begun before ``before`` and never completed."""
+
     def delete(self, keys: list[str]) -> None:
         """Delete objects; absent keys are ignored."""
 
@@ -234,6 +239,21 @@ class LocalStore:
                     ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
                 )
         return found
+
+    def abort_incomplete(
+        self, prefix: str, before: datetime, *, dry_run: bool = False
+    ) -> list[str]:
+        """Remove temporary files a killed writer left under the prefix, older than ``before``."""
+        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        removed = []
+        for path in sorted(base.rglob(".tmp-*")) if base.is_dir() else []:
+            key = path.relative_to(self.root).as_posix()
+            stat = path.stat()
+            if key.startswith(prefix) and datetime.fromtimestamp(stat.st_mtime, UTC) < before:
+                if not dry_run:
+                    self.delete([key])
+                removed.append(key)
+        return removed
 
     def delete(self, keys: list[str]) -> None:
         """Delete files and prune the folders they leave empty."""

@@ -154,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             pointer = promote(store, args.channel, args.index, expected_index=args.expect)
             print(f"channel {args.channel} -> {pointer.index_id}")
         elif args.command == "gc":
-            for index_id in collect_garbage(store, args.keep, dry_run=args.dry_run):
+            collected = collect_garbage(store, args.keep, dry_run=args.dry_run)
+            for index_id in collected.indexes:
                 print(("would delete " if args.dry_run else "deleted ") + index_id)
+            for key in collected.uploads:
+                print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
     except WriteConflict as exc:
         print(
             f"error: {exc.message} (another publisher moved it first; nothing was overwritten)",

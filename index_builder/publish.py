@@ -26,7 +26,15 @@ from functions.catalog import (
 from functions.errors import ObjectNotFound, WriteConflict
 from functions.storage import Store
 
-__all__ = ["IndexInfo", "catalog", "collect_garbage", "promote", "publish", "upload_index"]
+__all__ = [
+    "Collected",
+    "IndexInfo",
+    "catalog",
+    "collect_garbage",
+    "promote",
+    "publish",
+    "upload_index",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,14 @@ class IndexInfo:
     size: int
     modified: datetime
     complete: bool
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What gc deleted (or would delete): index ids, and dead uploads' keys."""
+
+    indexes: list[str]
+    uploads: list[str]
 
 
 def upload_index(store: Store, directory: Path, manifest: Manifest) -> bytes:
@@ -125,15 +141,17 @@ def collect_garbage(
     *,
     incomplete_after: timedelta = timedelta(hours=6),
     dry_run: bool = False,
-) -> list[str]:
+) -> Collected:
     """Delete all but the ``keep`` newest complete indexes, never one a channel points to.
 
-    Index folders without a manifest (a build that died mid-upload) are deleted once they are
-    older than ``incomplete_after``, so a build uploading right now is left alone.
+    What a build that died mid-upload left is deleted once older than ``incomplete_after``, so
+    a build uploading right now is left alone: index folders without a manifest, and uploads
+    never completed (S3 multipart uploads, a local store's temporary files).
     """
     indexes, channels = catalog(store)
     pinned = {pointer.index_id for pointer in channels.values()}
     now = datetime.now(UTC)
+    uploads = store.abort_incomplete("indexes/", now - incomplete_after, dry_run=dry_run)
     complete = [info for info in indexes if info.complete]
     doomed = [info.index_id for info in complete[keep:] if info.index_id not in pinned]
     doomed += [
@@ -142,7 +160,7 @@ def collect_garbage(
         if not info.complete and now - info.modified > incomplete_after
     ]
     if dry_run:
-        return doomed
+        return Collected(doomed, uploads)
     deleted = []
     for index_id in doomed:
         # A channel may have moved since the listing: look again right before deleting.
@@ -152,4 +170,4 @@ def collect_garbage(
         store.delete([index_key(index_id)])
         store.delete([item.key for item in store.list_objects(f"indexes/{index_id}/")])
         deleted.append(index_id)
-    return deleted
+    return Collected(deleted, uploads)

@@ -1,7 +1,9 @@
-"""Real servers on ephemeral loopback ports, for tests: uvicorn in a thread, moto's S3 server."""
+"""Real servers on ephemeral loopback ports, for tests: uvicorn in a thread, a holding proxy."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
 import threading
 import time
@@ -9,7 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
 
 
 @contextmanager
@@ -47,3 +52,51 @@ def strict_container(name: str, env: dict[str, str]) -> list[str]:
     for key, value in env.items():
         flags += ["-e", f"{key}={value}"]
     return flags
+
+
+class Gate:
+    """A forwarding HTTP proxy that holds the first request whose "METHOD /path" matches ``hold``.
+
+    Put it between a process and its store or model server to stop that process at an exact
+    point: ``held`` is set once the matching request has arrived (and has not been forwarded);
+    it stays unanswered until ``release`` is set, then gets 503.
+    """
+
+    def __init__(self, target: str, hold: str) -> None:
+        self.target = target
+        self.hold = re.compile(hold)
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.forwarded: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        request = Request(scope, receive)
+        method, path = request.method, request.url.path
+        body = await request.body()
+        if not self.held.is_set() and self.hold.search(f"{method} {path}"):
+            self.held.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+            await Response(status_code=503)(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS]
+        url = self.target + scope["raw_path"].decode()
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode()
+        async with httpx.AsyncClient(timeout=60) as client:
+            upstream = await client.request(method, url, headers=headers, content=body)
+        self.forwarded.append((method, path))
+        response_headers = {
+            k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS | {"content-length"}
+        }
+        await Response(upstream.content, upstream.status_code, response_headers)(
+            scope, receive, send
+        )
+
+
+_HOP_HEADERS = {"host", "connection", "transfer-encoding", "content-encoding", "expect"}

@@ -4,14 +4,24 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import boto3
 import pytest
 
-from functions.catalog import index_key, read_channel, read_manifest
+from functions.catalog import fetch_artifact, index_key, read_channel, read_manifest
 from functions.embeddings import OllamaEmbedder
 from functions.errors import ArtifactError, ObjectNotFound, WriteConflict
-from functions.storage import Store, open_store
+from functions.s3 import S3Store
+from functions.storage import LocalStore, Store, open_store
 from index_builder.build import build_artifact
-from index_builder.publish import catalog, collect_garbage, promote, publish, upload_index
+from index_builder.job import run_build
+from index_builder.publish import (
+    Collected,
+    catalog,
+    collect_garbage,
+    promote,
+    publish,
+    upload_index,
+)
 from index_builder.sources import load_documents
 
 from .conftest import Ollama, write_corpus
@@ -131,10 +141,139 @@ def test_catalog_and_gc_keep_what_channels_point_to(
     assert [i.complete for i in indexes] == [True] * 5 + [False]
     assert {name: p.index_id for name, p in channels.items()} == {"stable": ids[0]}
 
-    assert collect_garbage(store, keep=2, incomplete_after=timedelta(hours=1)) == [ids[2], ids[1]]
-    assert collect_garbage(store, keep=2, incomplete_after=timedelta(0), dry_run=True) == [
+    assert collect_garbage(store, keep=2, incomplete_after=timedelta(hours=1)) == Collected(
+        [ids[2], ids[1]], []
+    )
+    assert collect_garbage(store, keep=2, incomplete_after=timedelta(0), dry_run=True).indexes == [
         "20200101-000000-0badc0de"
     ]
     collect_garbage(store, keep=2, incomplete_after=timedelta(0))
     assert [i.index_id for i in catalog(store)[0]] == [ids[4], ids[3], ids[0]]
     assert read_manifest(store, "stable").index_id == ids[0]
+
+
+def test_gc_discards_uploads_a_dead_builder_left(store: Store, tmp_path: Path) -> None:
+    key = "indexes/20200101-000000-0badc0de/vectors.f32"
+    if isinstance(store, S3Store):  # an upload started and never completed nor aborted
+        client = boto3.client("s3")
+        upload = client.create_multipart_upload(Bucket=store.bucket, Key=store._key(key))
+        client.upload_part(
+            Bucket=store.bucket,
+            Key=store._key(key),
+            UploadId=upload["UploadId"],
+            PartNumber=1,
+            Body=b"x" * 1024,
+        )
+    else:  # the temporary file a copy was going into
+        assert isinstance(store, LocalStore)
+        partial = store.root / "indexes/20200101-000000-0badc0de/.tmp-abc123"
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(b"x" * 1024)
+        key = "indexes/20200101-000000-0badc0de/.tmp-abc123"
+    assert catalog(store)[0] == []  # invisible to listings
+
+    # A build uploading right now is left alone. (moto dates every multipart upload 2010-11-10,
+    # so only the local store can show it; S3 and MinIO report when the upload began.)
+    if isinstance(store, LocalStore):
+        assert collect_garbage(store, keep=1, incomplete_after=timedelta(hours=1)).uploads == []
+    assert collect_garbage(store, keep=1, incomplete_after=timedelta(0), dry_run=True) == Collected(
+        [], [key]
+    )
+    assert collect_garbage(store, keep=1, incomplete_after=timedelta(0)) == Collected([], [key])
+    assert collect_garbage(store, keep=1, incomplete_after=timedelta(0)) == Collected([], [])
+    if isinstance(store, S3Store):
+        assert boto3.client("s3").list_multipart_uploads(Bucket=store.bucket).get("Uploads") in (
+            None,
+            [],
+        )
+    else:
+        assert not (store.root / "indexes").exists()
+
+
+def test_racing_promoters_form_one_chain_of_moves(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    reports = [built(tmp_path, ollama, name) for name in "abcdefg"]
+    for report in reports:
+        upload_index(store, report.directory, report.manifest)
+    first, *others = [report.manifest.index_id for report in reports]
+    promote(store, "stable", first)
+    barrier = threading.Barrier(len(others))
+    moves: dict[str, str] = {}  # from index -> to index, for every move that succeeded
+    conflicts: list[str] = []
+    errors: list[BaseException] = []
+
+    def promoter(index_id: str) -> None:
+        barrier.wait()
+        try:
+            while True:  # what a careful promoter does: read, move from what it read, retry
+                seen = read_channel(store, "stable")[0].index_id
+                try:
+                    promote(store, "stable", index_id, expected_index=seen)
+                except WriteConflict:
+                    conflicts.append(index_id)
+                    continue
+                assert seen not in moves, f"two moves from {seen}: one was lost"
+                moves[seen] = index_id
+                return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promoter, args=(i,)) for i in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # Every move started from the pointer the previous one left: one chain through all of them.
+    chain = [first]
+    while chain[-1] in moves:
+        chain.append(moves[chain[-1]])
+    assert sorted(chain[1:]) == sorted(others)
+    assert read_channel(store, "stable")[0].index_id == chain[-1]
+    assert read_manifest(store, "stable").index_id == chain[-1]
+    assert conflicts, "the promoters never actually raced"
+
+
+def test_racing_builders_one_moves_the_channel_the_rest_are_told(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    start = built(tmp_path, ollama, "start")
+    publish(store, start.directory, start.manifest, channel="stable", expected_etag=None)
+    sources = []
+    for n in range(4):
+        source = write_corpus(tmp_path / f"src-{n}", documents=2)
+        (source / "own.md").write_text(f"# Builder {n}\n\nOnly builder {n} has this.\n")
+        sources.append(source)
+    barrier = threading.Barrier(len(sources))
+    won: list[str] = []
+    lost: list[WriteConflict] = []
+    errors: list[BaseException] = []
+
+    def builder(source: Path) -> None:
+        embedder = OllamaEmbedder("nomic-embed-text", ollama.url)
+        barrier.wait()
+        try:
+            won.append(
+                run_build(
+                    store, str(source), embedder, channel="stable", chunk_size=64, chunk_overlap=8
+                ).index_id
+            )
+        except WriteConflict as exc:
+            lost.append(exc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=builder, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(won) >= 1
+    assert len(won) + len(lost) == len(sources)  # nobody's outcome went unreported
+    current = read_manifest(store, "stable")
+    assert current.index_id in won
+    fetch_artifact(store, current, tmp_path / "verify")  # complete and intact
+    indexes, _ = catalog(store)
+    assert len([info for info in indexes if info.complete]) == 1 + len(sources)
