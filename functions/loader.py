@@ -9,6 +9,7 @@ half-loaded index.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import threading
 import time
@@ -23,7 +24,16 @@ import numpy as np
 from .artifact import Manifest
 from .catalog import fetch_artifact, is_index_id, read_manifest
 from .embeddings import Embedder, make_embedder
-from .errors import ConfigurationError, IndexTooLarge, ModelMismatch, NotReady, RagError
+from .errors import (
+    ConfigurationError,
+    IndexTooLarge,
+    ModelMismatch,
+    NotReady,
+    RagError,
+    StoreError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from .search import SearchIndex
 from .service import Answerer, QueryService
 from .settings import Settings
@@ -39,6 +49,11 @@ MiB = 1024 * 1024
 # What the process needs besides the index: Python, numpy, FastAPI, boto3 and, in answer mode,
 # LlamaIndex (measured 428 MB RSS with a 461 MB index mapped, 520 MB in answer mode).
 _PROCESS_OVERHEAD = 384 * MiB
+# Cold-start retries: what may pass by itself (the store or model server briefly unreachable,
+# throttling, 5xx), not what will not (a missing channel, a corrupt index, a wrong model).
+_TRANSIENT = (StoreError, UpstreamError, UpstreamTimeout)
+_RETRY_BASE_S = 0.25
+_RETRY_CAP_S = 8.0
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
@@ -109,6 +124,7 @@ class IndexLoader:
         self.follows_channel = not is_index_id(settings.index)
         self.started_at = started_at or time.time()
         self.ready_at: float | None = None
+        self.attempts = 0  # cold-start load attempts (retries after transient failures)
         self._store = store
         self.reloads: Counter[str] = Counter()  # hot reloads by outcome: succeeded, failed, ...
         self._reload_lock = threading.Lock()
@@ -175,9 +191,10 @@ class IndexLoader:
     def _run(self) -> None:
         started = time.perf_counter()
         try:
-            service = self._load()
+            service = self._load_with_retries()
         except RagError as exc:
-            self.state, self.reason = "failed", f"{exc.title}: {exc.message}"
+            tries = f" (gave up after {self.attempts} attempts)" if self.attempts > 1 else ""
+            self.state, self.reason = "failed", f"{exc.title}: {exc.message}{tries}"
             logger.error("index load failed: %s", self.reason)
         except Exception as exc:
             self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
@@ -198,6 +215,26 @@ class IndexLoader:
         finally:
             self.downloading.set()
             self.done.set()
+
+    def _load_with_retries(self) -> QueryService:
+        """Load; while the store or the model server fails transiently, retry until the
+        start-up deadline, with exponential backoff and full jitter (so that many cold starts
+        do not retry in step)."""
+        deadline = self.started_at + self.settings.startup_timeout_s
+        while True:
+            self.attempts += 1
+            try:
+                return self._load()
+            except (StoreError, UpstreamError) as exc:
+                if type(exc) not in _TRANSIENT:
+                    raise
+                delay = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**self.attempts))
+                if time.time() + delay >= deadline:
+                    raise
+                self.reason = f"{exc.title}: {exc.message} (attempt {self.attempts}, retrying)"
+                logger.warning("index load: %s; retrying in %.1f s", self.reason, delay)
+                self.downloading.set()  # nothing is downloading: let the server start meanwhile
+                time.sleep(delay)
 
     @staticmethod
     def _warm(service: QueryService) -> None:

@@ -55,16 +55,18 @@ def strict_container(name: str, env: dict[str, str]) -> list[str]:
 
 
 class Gate:
-    """A forwarding HTTP proxy that holds the first request whose "METHOD /path" matches ``hold``.
+    """A forwarding HTTP proxy that fails or holds requests, to put faults at exact points.
 
-    Put it between a process and its store or model server to stop that process at an exact
-    point: ``held`` is set once the matching request has arrived (and has not been forwarded);
-    it stays unanswered until ``release`` is set, then gets 503.
+    The first ``refuse`` requests get 503 (S3's SlowDown) without being forwarded. The first
+    request whose "METHOD /path" matches ``hold`` is held: ``held`` is set once it has arrived,
+    and it stays unanswered until ``release`` is set, then gets 503.
     """
 
-    def __init__(self, target: str, hold: str) -> None:
+    def __init__(self, target: str, hold: str | None = None, *, refuse: int = 0) -> None:
         self.target = target
-        self.hold = re.compile(hold)
+        self.hold = re.compile(hold) if hold else None
+        self.refuse = refuse
+        self.refused = 0
         self.held = threading.Event()
         self.release = threading.Event()
         self.forwarded: list[tuple[str, str]] = []
@@ -78,7 +80,11 @@ class Gate:
         request = Request(scope, receive)
         method, path = request.method, request.url.path
         body = await request.body()
-        if not self.held.is_set() and self.hold.search(f"{method} {path}"):
+        if self.refused < self.refuse:
+            self.refused += 1
+            await Response(_SLOW_DOWN, 503, media_type="application/xml")(scope, receive, send)
+            return
+        if self.hold and not self.held.is_set() and self.hold.search(f"{method} {path}"):
             self.held.set()
             while not self.release.is_set():
                 await asyncio.sleep(0.05)
@@ -99,4 +105,8 @@ class Gate:
         )
 
 
+_SLOW_DOWN = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    "<Message>Please reduce your request rate.</Message></Error>"
+)
 _HOP_HEADERS = {"host", "connection", "transfer-encoding", "content-encoding", "expect"}

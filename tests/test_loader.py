@@ -6,15 +6,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from functions.embeddings import OllamaEmbedder
 from functions.loader import IndexLoader, MiB, index_budget, memory_limit
+from functions.s3 import S3Store
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.job import run_build
 
 from .conftest import Ollama, Published, settings_for, write_corpus
+from .servers import Gate, serve
 
 
 @pytest.mark.parametrize(
@@ -107,3 +111,51 @@ def build(store_uri: str, ollama: Ollama, source: Path) -> str:
         chunk_size=64,
         chunk_overlap=8,
     ).index_id
+
+
+def test_a_cold_start_retries_a_failing_store_with_backoff(
+    published: Published, ollama: Ollama, s3_endpoint: str, tmp_path: Path
+) -> None:
+    # botocore retries each request 4 times; 6 refusals make the first load attempt fail whole.
+    gate = Gate(s3_endpoint, refuse=6)
+    with serve(gate) as url:
+        store = store_behind(published.store_uri, url)
+        loader = IndexLoader(
+            settings_for(published.store_uri, ollama, tmp_path, llm_provider="none"), store=store
+        )
+        loader.start()
+        assert loader.done.wait(60)
+    assert loader.state == "ready", loader.reason
+    assert (gate.refused, loader.attempts) == (6, 2)
+
+
+def test_a_cold_start_gives_up_at_the_startup_deadline(
+    published: Published, ollama: Ollama, s3_endpoint: str, tmp_path: Path
+) -> None:
+    gate = Gate(s3_endpoint, refuse=10**9)
+    with serve(gate) as url:
+        store = store_behind(published.store_uri, url, botocore_attempts=1)  # ours only
+        settings = settings_for(
+            published.store_uri, ollama, tmp_path, llm_provider="none", startup_timeout_s=4
+        )
+        loader = IndexLoader(settings, store=store)
+        loader.start()
+        assert loader.done.wait(4 + 30)  # the deadline, plus one request's worth of retries
+    assert loader.state == "failed"
+    assert loader.attempts >= 2
+    assert loader.reason is not None
+    assert loader.reason.startswith("Object store error: ")
+    assert "SlowDown" in loader.reason
+    assert loader.reason.endswith(f"(gave up after {loader.attempts} attempts)")
+
+
+def store_behind(store_uri: str, endpoint: str, botocore_attempts: int | None = None) -> S3Store:
+    """The store at ``store_uri``, reached through ``endpoint`` (a gate)."""
+    store = S3Store(*store_uri.removeprefix("s3://").split("/", 1))
+    config = store.client.meta.config
+    if botocore_attempts is not None:
+        config = config.merge(
+            Config(retries={"mode": "standard", "max_attempts": botocore_attempts})
+        )
+    store.client = boto3.client("s3", endpoint_url=endpoint, config=config)
+    return store
