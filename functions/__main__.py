@@ -6,12 +6,13 @@ import time
 
 _STARTED = time.time()  # before the imports below, so cold-start figures include them
 
-import logging  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 
+from .errors import ConfigurationError  # noqa: E402
 from .loader import IndexLoader  # noqa: E402
-from .settings import Settings  # noqa: E402
+from .logs import configure, redact  # noqa: E402
+from .settings import Settings, api_keys  # noqa: E402
 
 
 def main() -> None:
@@ -23,11 +24,12 @@ def main() -> None:
     the download is the longer path.
     """
     settings = Settings()
-    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger(__package__).setLevel(settings.log_level)
+    try:
+        secrets = api_keys(settings)
+    except ConfigurationError as exc:
+        sys.exit(f"knative-rag: exiting: {exc.message}")
+    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn; all redacted.
+    configure(settings.log_level, secrets=secrets)
     loader = IndexLoader(settings, started_at=_STARTED)
     loader.start()
     loader.downloading.wait(timeout=5)
@@ -43,6 +45,7 @@ def main() -> None:
             host="0.0.0.0",
             port=settings.port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's records go through the root handler and its Redactor
         )
     )
     failure: list[str] = []
@@ -62,7 +65,7 @@ def main() -> None:
     threading.Thread(target=watchdog, name="startup-watchdog", daemon=True).start()
     server.run()
     if failure:
-        print(f"knative-rag: exiting: {failure[0]}", file=sys.stderr, flush=True)
+        print(f"knative-rag: exiting: {redact(failure[0], secrets)}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

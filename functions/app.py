@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import (
-    ConfigurationError,
     DeadlineExceeded,
     InvalidEvent,
     RagError,
@@ -33,7 +32,7 @@ from .guards import ApiKeys, Limits
 from .loader import IndexLoader
 from .problems import Problem as ProblemModel
 from .problems import problem, problem_responses
-from .settings import Settings
+from .settings import Settings, api_keys
 
 __all__ = ["QueryRequest", "QueryResponse", "create_app"]
 
@@ -139,9 +138,14 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         )
 
     @app.exception_handler(RagError)
-    async def rag_error(_: Request, exc: RagError) -> JSONResponse:
+    async def rag_error(request: Request, exc: RagError) -> JSONResponse:
+        if not exc.exposed:  # the client gets the title; the operator gets the whole story
+            logger.warning(
+                "%s %s: %s %s: %s", request.method, request.url.path, exc.status, exc.title,
+                exc.message,
+            )  # fmt: skip
         headers = {"Retry-After": "1"} if exc.status in (503, 504) else None
-        response = problem(exc.status, exc.message, exc.title)
+        response = problem(exc.status, exc.public, exc.title)
         response.headers.update(headers or {})
         return response
 
@@ -170,7 +174,9 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     )
     async def readyz() -> Response:
         if loader.service is None:
-            return problem(503, loader.reason or "not ready", "Index not ready", state=loader.state)
+            return problem(
+                503, loader.public_reason or "not ready", "Index not ready", state=loader.state
+            )
         return JSONResponse(
             {
                 "status": "ready",
@@ -226,17 +232,6 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         )
 
     return app
-
-
-def api_keys(settings: Settings) -> list[str]:
-    """The configured API keys, from the variable and the mounted file."""
-    keys = [key.strip() for key in (settings.api_keys or "").split(",")]
-    if settings.api_keys_file is not None:
-        try:
-            keys += [line.strip() for line in settings.api_keys_file.read_text().splitlines()]
-        except OSError as exc:
-            raise ConfigurationError(f"RAG_API_KEYS_FILE cannot be read: {exc.strerror}") from exc
-    return [key for key in keys if key]
 
 
 async def _within(

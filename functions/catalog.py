@@ -89,11 +89,16 @@ def move_channel(store: Store, name: str, pointer: Pointer, *, expected_etag: st
 def read_manifest(store: Store, name: str) -> Manifest:
     """Resolve a channel name or an index id to its manifest, checked against the pointer."""
     if is_index_id(name):
-        manifest = parse_manifest(store.get(index_key(name)).data)
+        manifest = parse_manifest(_get(store, index_key(name), f"index {name} does not exist"))
         expected = name
     else:
-        pointer, _ = read_channel(store, name)
-        data = store.get(index_key(pointer.index_id)).data
+        try:
+            pointer, _ = read_channel(store, name)
+        except ObjectNotFound as exc:
+            raise ObjectNotFound(
+                exc.message, public=f"channel {name!r} does not exist (nothing published to it)"
+            ) from exc
+        data = _get(store, index_key(pointer.index_id), f"index {pointer.index_id} does not exist")
         if hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
             raise IntegrityError(f"manifest of {pointer.index_id} does not match channel {name!r}")
         manifest = parse_manifest(data)
@@ -101,6 +106,13 @@ def read_manifest(store: Store, name: str) -> Manifest:
     if manifest.index_id != expected:
         raise IntegrityError(f"manifest under {expected} names index {manifest.index_id}")
     return manifest
+
+
+def _get(store: Store, key: str, public: str) -> bytes:
+    try:
+        return store.get(key).data
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(exc.message, public=public) from exc
 
 
 def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifact:

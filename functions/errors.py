@@ -2,8 +2,10 @@
 
 Every error the query function or the index builder raises on purpose is a ``RagError``. Each
 class carries the HTTP status and the RFC 9457 title it is rendered with at the HTTP edge; the CLI
-prints its message as a one-line reason. Foreign exceptions (botocore, httpx, numpy, LlamaIndex)
-are translated where that library is used, with ``raise ... from exc``.
+prints its message as a one-line reason. Clients see the message only of errors about their own
+request (``exposed``); the rest may name hosts, buckets and files, and are logged instead.
+Foreign exceptions (botocore, httpx, numpy, LlamaIndex) are translated where that library is
+used, with ``raise ... from exc``.
 
     RagError                       500  base class; never raised directly
     ├── ConfigurationError         500  settings that cannot work together
@@ -50,14 +52,28 @@ __all__ = [
 
 
 class RagError(Exception):
-    """Base class of every error knative-rag raises on purpose."""
+    """Base class of every error knative-rag raises on purpose.
+
+    ``message`` may name hosts, buckets, keys and files: it goes to logs. Clients see it only
+    where ``exposed`` says it describes their own request; otherwise they see ``public``: what
+    the raiser said is safe to tell, or that the logs have the details.
+    """
 
     status: int = 500
     title: str = "Internal error"
+    exposed: bool = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, public: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self._public = public
+
+    @property
+    def public(self) -> str:
+        """What a client may be told."""
+        if self._public is not None:
+            return self._public
+        return self.message if self.exposed else f"{self.title}; the details are in the logs"
 
 
 class ConfigurationError(RagError):
@@ -71,6 +87,7 @@ class InvalidRequest(RagError):
 
     status = 400
     title = "Invalid request"
+    exposed = True
 
 
 class UnsupportedFilter(InvalidRequest):
@@ -96,6 +113,7 @@ class NotReady(RagError):
 
     status = 503
     title = "Index not ready"
+    exposed = True
 
 
 class DeadlineExceeded(RagError):
@@ -103,6 +121,7 @@ class DeadlineExceeded(RagError):
 
     status = 504
     title = "Request deadline exceeded"
+    exposed = True
 
 
 class StoreError(RagError):
@@ -130,6 +149,7 @@ class ArtifactError(RagError):
     """An index artifact that must not be served."""
 
     title = "Invalid index artifact"
+    exposed = True  # names index ids, artifact files and models: nothing internal
 
 
 class IntegrityError(ArtifactError):
@@ -154,6 +174,7 @@ class ModelMismatch(RagError):
     """The configured embedding model does not produce the vectors the index was built with."""
 
     title = "Embedding model mismatch"
+    exposed = True  # names index ids, artifact files and models: nothing internal
 
 
 class UpstreamError(RagError):

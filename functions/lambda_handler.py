@@ -16,11 +16,13 @@ from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
 from .app import create_app
 from .loader import IndexLoader
-from .settings import Settings
+from .logs import configure
+from .settings import Settings, api_keys
 
 __all__ = ["handler", "loader"]
 
 _settings = Settings()
+configure(_settings.log_level, secrets=api_keys(_settings))  # keeps the Lambda runtime's handler
 loader = IndexLoader(_settings)
 loader.load()  # at init, once per execution environment; raises with the reason if it cannot
 handler = Mangum(

@@ -131,7 +131,8 @@ class IndexLoader:
         self._reload_pending = threading.Event()
         self._embedder_factory = embedder_factory or self._default_embedder
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
-        self.reason: str | None = "index loading has not started"
+        self.reason: str | None = "index loading has not started"  # for logs: may name hosts
+        self.public_reason: str | None = self.reason  # for /readyz and 503s: says no more than why
         self.service: QueryService | None = None
         self.timings: dict[str, float] = {}
         self.downloading = threading.Event()  # set once the data files are on their way (or failed)
@@ -165,7 +166,7 @@ class IndexLoader:
         with self._lock:
             if self.state != "idle":
                 return None
-            self.state, self.reason = "loading", "index is loading"
+            self._set("loading", "index is loading")
         thread = threading.Thread(target=self._run, name="index-loader", daemon=True)
         thread.start()
         return thread
@@ -174,7 +175,7 @@ class IndexLoader:
         """Load in this thread (once per process); raises the reason if loading fails."""
         with self._lock:
             if self.state == "idle":
-                self.state, self.reason = "loading", "index is loading"
+                self._set("loading", "index is loading")
                 run = True
             else:
                 run = False
@@ -185,7 +186,7 @@ class IndexLoader:
     def require(self) -> QueryService:
         """The serving index, or ``NotReady`` with the reason."""
         if self.service is None:
-            raise NotReady(self.reason or "index is not loaded")
+            raise NotReady(self.public_reason or "index is not loaded")
         return self.service
 
     def _run(self) -> None:
@@ -194,15 +195,15 @@ class IndexLoader:
             service = self._load_with_retries()
         except RagError as exc:
             tries = f" (gave up after {self.attempts} attempts)" if self.attempts > 1 else ""
-            self.state, self.reason = "failed", f"{exc.title}: {exc.message}{tries}"
+            self._set("failed", f"{exc.title}: {exc.message}{tries}", f"{exc.public}{tries}")
             logger.error("index load failed: %s", self.reason)
         except Exception as exc:
-            self.state, self.reason = "failed", f"unexpected {type(exc).__name__} while loading"
+            self._set("failed", f"unexpected {type(exc).__name__} while loading")
             logger.exception("index load failed")
         else:
             self.timings["load"] = time.perf_counter() - started
             self.ready_at = time.time()
-            self.state, self.reason = "ready", None
+            self._set("ready", None)
             self.service = service  # assigned last: this is what makes the function ready
             # Answer mode's engine is built after readiness: retrieve mode never waits for it.
             threading.Thread(target=self._warm, args=(service,), name="warm", daemon=True).start()
@@ -215,6 +216,14 @@ class IndexLoader:
         finally:
             self.downloading.set()
             self.done.set()
+
+    def _set(
+        self,
+        state: Literal["idle", "loading", "ready", "failed"],
+        reason: str | None,
+        public: str | None = None,
+    ) -> None:
+        self.state, self.reason, self.public_reason = state, reason, public or reason
 
     def _load_with_retries(self) -> QueryService:
         """Load; while the store or the model server fails transiently, retry until the
@@ -231,7 +240,8 @@ class IndexLoader:
                 delay = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**self.attempts))
                 if time.time() + delay >= deadline:
                     raise
-                self.reason = f"{exc.title}: {exc.message} (attempt {self.attempts}, retrying)"
+                retrying = f" (attempt {self.attempts}, retrying)"
+                self._set("loading", f"{exc.title}: {exc.message}{retrying}", exc.public + retrying)
                 logger.warning("index load: %s; retrying in %.1f s", self.reason, delay)
                 self.downloading.set()  # nothing is downloading: let the server start meanwhile
                 time.sleep(delay)
@@ -246,7 +256,7 @@ class IndexLoader:
     def _load(self) -> QueryService:
         settings = self.settings
         if not settings.store_uri:
-            raise ConfigurationError("RAG_STORE_URI is not set")
+            raise ConfigurationError("RAG_STORE_URI is not set", public="RAG_STORE_URI is not set")
         step = time.perf_counter()
         store = self._store = self._store or open_store(
             settings.store_uri, download_concurrency=settings.download_concurrency

@@ -95,7 +95,7 @@ class S3Store:
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 raise ObjectNotFound(f"{where} does not exist") from exc
             if code == "InvalidRange" or status == 416:
-                raise IntegrityError(f"{where} is shorter than its manifest says") from exc
+                raise IntegrityError(f"{key} is shorter than its manifest says") from exc
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise WriteConflict(
                     f"{where}: conditional write refused ({code or status})"
@@ -186,9 +186,7 @@ class S3Store:
         finally:
             os.close(fd)
         if totals != {str(size)}:
-            raise IntegrityError(
-                f"{self.uri}/{key} is {'/'.join(sorted(totals))} bytes, not {size}"
-            )
+            raise IntegrityError(f"{key} is {'/'.join(sorted(totals))} bytes, not {size}")
         return Fetched(tmp, sum(n for _, n in parts), [digest for digest, _ in parts])
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:

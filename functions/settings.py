@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+from .errors import ConfigurationError
+
+__all__ = ["Settings", "api_keys"]
 
 
 class Settings(BaseSettings):
@@ -109,3 +111,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("K_REVISION"),
         description="Knative revision name, if any.",
     )
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """The configured API keys, from the variable and the mounted file."""
+    keys = [key.strip() for key in (settings.api_keys or "").split(",")]
+    if settings.api_keys_file is not None:
+        try:
+            keys += [line.strip() for line in settings.api_keys_file.read_text().splitlines()]
+        except OSError as exc:
+            raise ConfigurationError(f"RAG_API_KEYS_FILE cannot be read: {exc.strerror}") from exc
+    return [key for key in keys if key]

@@ -7,13 +7,13 @@ while we worked (a concurrent publisher won the compare-and-swap; nothing was ov
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from functions.embeddings import make_embedder
 from functions.errors import ConfigurationError, RagError, WriteConflict
 from functions.events import INDEX_PUBLISHED
 from functions.events import publish as publish_event
+from functions.logs import configure, redact
 from functions.settings import Settings
 from functions.storage import Store, open_store
 
@@ -99,7 +99,10 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
         }
         failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)
         if failure:
-            print(f"warning: index.published not delivered to K_SINK: {failure}", file=sys.stderr)
+            print(
+                f"warning: index.published not delivered to K_SINK: {redact(failure)}",
+                file=sys.stderr,
+            )
         else:
             print(f"announced {manifest.index_id} to K_SINK", file=sys.stderr)
     print(
@@ -133,15 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     settings = Settings()
     args = _parser(settings).parse_args(argv)
-    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn.
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    for name in ("functions", "index_builder"):
-        logging.getLogger(name).setLevel(settings.log_level)
+    # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn; all redacted.
+    configure(settings.log_level, fmt="%(levelname)s %(name)s: %(message)s", replace=True)
     try:
         if not args.store:
             raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")
@@ -161,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
     except WriteConflict as exc:
         print(
-            f"error: {exc.message} (another publisher moved it first; nothing was overwritten)",
+            f"error: {redact(exc.message)} "
+            "(another publisher moved it first; nothing was overwritten)",
             file=sys.stderr,
         )
         return EXIT_CONFLICT
     except RagError as exc:
-        print(f"error: {exc.title}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.title}: {redact(exc.message)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

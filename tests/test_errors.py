@@ -58,9 +58,29 @@ def test_each_error_renders_as_problem_json(error: type[RagError]) -> None:
         "type": "about:blank",
         "title": error.title,
         "status": error.status,
-        "detail": "what went wrong",
+        "detail": "what went wrong"
+        if error.exposed
+        else f"{error.title}; the details are in the logs",
     }
     assert ("retry-after" in response.headers) == (error.status in (503, 504))
+
+
+def test_only_errors_about_the_request_show_their_message() -> None:
+    # Whatever names hosts, buckets or keys (the store, the model server, the settings) is
+    # logged, not answered.
+    assert {e.__name__ for e in ERRORS if e.exposed} == {
+        "InvalidRequest",
+        "UnsupportedFilter",
+        "InvalidEvent",
+        "UnsupportedEventType",
+        "NotReady",
+        "DeadlineExceeded",
+        "ArtifactError",
+        "IntegrityError",
+        "UnsupportedFormat",
+        "IndexTooLarge",
+        "ModelMismatch",
+    }
 
 
 def test_unexpected_errors_are_a_bare_500_without_internals() -> None:

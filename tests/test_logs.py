@@ -1,0 +1,124 @@
+"""Logs never carry secrets or tracebacks: the redaction rules, and a real process's output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from functions.logs import REDACTED, Redactor, redact
+
+from .conftest import Published
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Ollama at http://admin:s3cr3t-pw@ollama:11434 is unreachable",
+            f"Ollama at http://{REDACTED}@ollama:11434 is unreachable",
+        ),
+        ("{'Authorization': 'Bearer abc.def-123'}", f"{{'Authorization': 'Bearer {REDACTED}'}}"),
+        ("X-API-Key: k-123456789", f"X-API-Key: {REDACTED}"),
+        ("url?X-Amz-Signature=deadbeef&x=1", f"url?X-Amz-Signature={REDACTED}&x=1"),
+        ('{"password": "hunter22"}', f'{{"password": "{REDACTED}"}}'),
+        ("key the-api-key-value used", f"key {REDACTED} used"),
+        ("index 20261127-081500-3f2a9c1d at s3://bucket/rag", "index 20261127-081500-3f2a9c1d at s3://bucket/rag"),
+    ],
+    ids=["url-userinfo", "bearer", "x-api-key", "presigned", "password", "known-secret", "plain"],
+)  # fmt: skip
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text, ["the-api-key-value", "short"]) == expected
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[logging.Logger, list[logging.LogRecord]]]:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tests.logs")
+    logger.propagate = False
+    handler = Keep()
+    logger.addHandler(handler)
+    yield logger, records
+    logger.removeHandler(handler)
+
+
+def fail() -> None:
+    raise ValueError("cannot reach http://u:p4ssw0rd@store:9000 with token=abc123")
+
+
+def test_a_traceback_becomes_one_redacted_line(
+    logged: tuple[logging.Logger, list[logging.LogRecord]],
+) -> None:
+    logger, records = logged
+    logger.handlers[0].addFilter(Redactor(["topsecretkey"]))
+    try:
+        fail()
+    except ValueError:
+        logger.exception("request failed with key %s", "topsecretkey")
+    (record,) = records
+    line = logging.Formatter().format(record)
+    assert line == (
+        f"request failed with key {REDACTED} [ValueError: cannot reach "
+        f"http://{REDACTED}@store:9000 with token={REDACTED} "
+        f"at test_logs.py:{fail.__code__.co_firstlineno + 1}]"
+    )
+
+
+def test_debug_keeps_the_traceback_still_redacted(
+    logged: tuple[logging.Logger, list[logging.LogRecord]],
+) -> None:
+    logger, records = logged
+    logger.handlers[0].addFilter(Redactor([], tracebacks=True))
+    try:
+        fail()
+    except ValueError:
+        logger.exception("failed")
+    text = logging.Formatter().format(records[0])
+    assert text.startswith("failed\nTraceback (most recent call last):")
+    assert "p4ssw0rd" not in text
+    assert "abc123" not in text
+
+
+def test_a_real_function_logs_no_secrets(published: Published, tmp_path: Path) -> None:
+    with socket.socket() as closed:  # Ollama "behind basic auth", and down
+        closed.bind(("127.0.0.1", 0))
+        ollama = f"http://admin:ollama-password-1@127.0.0.1:{closed.getsockname()[1]}"
+    secrets = ["client-api-key-0001", "ollama-password-1", "aws-secret-value-0002"]
+    env = {
+        **os.environ,
+        "RAG_STORE_URI": published.store_uri,
+        "RAG_CACHE_DIR": str(tmp_path / "cache"),
+        "RAG_API_KEYS": "client-api-key-0001",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value-0002",
+        "OLLAMA_HOST": ollama,
+        "RAG_STARTUP_TIMEOUT_S": "3",
+        "PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "functions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    for secret in secrets:
+        assert secret not in output
+    assert "Traceback" not in output
+    assert f"http://{REDACTED}@127.0.0.1" in output
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("knative-rag: exiting: Model server unavailable: Ollama at http://")
+    assert last.endswith(" attempts)")
