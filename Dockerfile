@@ -7,7 +7,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY functions ./functions
 COPY index_builder ./index_builder
 # Behind a TLS-intercepting proxy, hand its CA bundle in as the BuildKit secret "pip_cert";
@@ -16,7 +16,11 @@ RUN --mount=type=secret,id=pip_cert,required=false \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --quiet --upgrade pip \
-    && /opt/venv/bin/pip install --quiet --no-compile . \
+    # Exactly the locked runtime dependencies, each checked against its sha256 (make lock),
+    # then knative-rag itself on top, resolving nothing more; pip check proves they agree.
+    && /opt/venv/bin/pip install --quiet --no-compile --require-hashes --no-deps -r requirements.lock \
+    && /opt/venv/bin/pip install --quiet --no-compile --no-deps . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --quiet --yes pip \
     # Test suites and type stubs shipped inside wheels are dead weight at run time.
     && find /opt/venv -depth -type d \( -name tests -o -name testing \) -path '*/site-packages/*' \

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 IMAGE ?= localhost/knative-rag:dev
 
-.PHONY: install test lint scan format demo bench image release clean
+.PHONY: install test lint scan format demo bench image release lock sbom audit clean
 
 install: $(STAMP)
 
@@ -54,6 +54,26 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/load_time.py
 
+# The runtime dependencies (pyproject's [project] dependencies), pinned with hashes for every
+# platform: the image installs exactly these. Run after changing them in pyproject.toml.
+LOCK := requirements.lock
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+		--generate-hashes --quiet --custom-compile-command "make lock" -o $(LOCK)
+
+# A CycloneDX SBOM of what the image ships (the lock file, with knative-rag as root component).
+sbom: install
+	mkdir -p dist
+	$(VENV)/bin/cyclonedx-py requirements $(LOCK) --pyproject pyproject.toml \
+		--output-reproducible -o dist/sbom.cdx.json
+	@echo "wrote dist/sbom.cdx.json"
+
+# Known vulnerabilities in the locked runtime dependencies. Needs the package index's JSON API
+# (pip-audit's vulnerability source); --strict fails when any package could not be checked.
+audit: sbom
+	$(VENV)/bin/pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
+		-r $(LOCK) --format columns
+
 # One image for the function and the builder. Uses docker by default; after
 # `source ../shared/tools/container-base.sh` it uses $BUILD (buildah), $BASE_IMAGE and $PIP_CERT_SECRET.
 image:
@@ -65,4 +85,4 @@ release: install
 	$(PY) -m scripts.release $(STEP)
 
 clean:
-	rm -rf .demo .rendered .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .demo .rendered .mypy_cache .ruff_cache .pytest_cache dist

@@ -179,9 +179,12 @@ def vector(text: str, dim: int, model: str = "nomic-embed-text") -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(dim)
 
 
-def publish_synthetic(store: Store, corpus: list[str], dim: int, work: Path) -> str:
+def publish_synthetic(
+    store: Store, corpus: list[str], dim: int, work: Path, channel: str | None = "stable"
+) -> str:
     """Write the artifact the builder would write for ``corpus`` (one chunk per document, the
-    double's vectors) with the builder's own writer and publisher; returns the index id."""
+    double's vectors) with the builder's own writer and publisher; returns the index id.
+    ``channel`` (if any) must not exist yet."""
     vectors = normalize(np.stack([vector(text, dim) for text in corpus]))
     records = [
         NodeRecord(
@@ -204,5 +207,5 @@ def publish_synthetic(store: Store, corpus: list[str], dim: int, work: Path) -> 
         created_at=datetime.now(UTC),
         builder_version="bench",
     )
-    publish(store, work, manifest, channel="stable", expected_etag=None)
+    publish(store, work, manifest, channel=channel, expected_etag=None)
     return manifest.index_id

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from functions.catalog import read_channel, read_manifest
 from functions.embeddings import OllamaEmbedder
@@ -29,6 +30,7 @@ from index_builder.job import run_build
 
 from .conftest import Ollama, write_corpus
 from .servers import strict_container
+from .test_supply_chain import locked
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/knative-rag:test"
@@ -153,6 +155,26 @@ def test_image_is_small_labelled_and_non_root(image: str) -> None:
     assert info["Config"]["User"] == "65532:65532"
     assert info["Config"]["Entrypoint"] == ["python", "-m"]
     assert info["Config"]["Cmd"] == ["functions"]
+
+
+def test_the_image_ships_exactly_the_locked_dependencies(image: str) -> None:
+    listing = (
+        "import json, importlib.metadata as m; "
+        "print(json.dumps(sorted((d.metadata['Name'], d.version) for d in m.distributions())))"
+    )
+    done = subprocess.run(
+        [*RUN, "--rm", "--entrypoint", "python", image, "-c", listing],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    installed = {(canonicalize_name(name), version) for name, version in json.loads(done.stdout)}
+    assert ("knative-rag", "0.1.0") in installed
+    pins = {(pin.name, pin.version) for pin in locked()}
+    assert installed - {("knative-rag", "0.1.0")} <= pins  # nothing unlocked got in
+    unconditional = {(pin.name, pin.version) for pin in locked() if pin.marker is None}
+    assert unconditional <= installed  # and nothing locked is missing
 
 
 def test_function_serves_under_the_strictest_runtime(
