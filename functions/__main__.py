@@ -29,7 +29,7 @@ def main() -> None:
     except ConfigurationError as exc:
         sys.exit(f"knative-rag: exiting: {exc.message}")
     # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn; all redacted.
-    configure(settings.log_level, secrets=secrets)
+    configure(settings.log_level, secrets=secrets, log_format=settings.log_format)
     loader = IndexLoader(settings, started_at=_STARTED)
     loader.start()
     loader.downloading.wait(timeout=5)
@@ -46,6 +46,7 @@ def main() -> None:
             port=settings.port,
             log_level=settings.log_level.lower(),
             log_config=None,  # uvicorn's records go through the root handler and its Redactor
+            access_log=False,  # functions.edge writes one line per request, with its request id
         )
     )
     failure: list[str] = []

@@ -6,13 +6,25 @@ imports it only for answer mode with an LLM, never on the retrieve path.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.base.response.schema import Response
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import LLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.query_engine.citation_query_engine import (
+    CITATION_QA_TEMPLATE,
+    CITATION_REFINE_TEMPLATE,
+)
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.llms.ollama import Ollama
 from pydantic import PrivateAttr
@@ -22,7 +34,7 @@ from .errors import RagError, UpstreamError, UpstreamTimeout
 from .search import SearchIndex
 from .vector_store import ArtifactVectorStore
 
-__all__ = ["EmbedderAdapter", "LlamaAnswerer", "ollama_llm"]
+__all__ = ["CitationLabels", "EmbedderAdapter", "LlamaAnswerer", "ollama_llm", "unlabelled"]
 
 
 class EmbedderAdapter(BaseEmbedding):
@@ -55,8 +67,58 @@ def ollama_llm(model: str, host: str, *, context_window: int, timeout_s: float) 
     return llm
 
 
+class CitationLabels(BaseNodePostprocessor):
+    """Labels the sources ``Source 1:``, ``Source 2:`` ... as LlamaIndex's citation engine does,
+    so the LLM can cite them as [1], [2]; the label numbers the sources in retrieval order."""
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        labelled = []
+        for number, hit in enumerate(nodes, 1):
+            node = TextNode.model_validate(hit.node.model_dump())
+            node.set_content(f"Source {number}:\n{hit.node.get_content()}")
+            labelled.append(NodeWithScore(node=node, score=hit.score))
+        return labelled
+
+
+_LABEL = re.compile(r"^Source \d+:\n")
+
+# The chat engine's context prompt, asking for the same [n] citations as the query engine's.
+CHAT_CONTEXT_PROMPT = (
+    "The following is a conversation between a user and an assistant that answers from the "
+    "numbered sources below only. When it uses a source it cites it by number, like [1] or "
+    "[2][3]; if the sources do not hold the answer it says it does not know.\n\n"
+    "Sources:\n{context_str}\n\n"
+    "Instruction: using the sources above, answer the user's question below, citing sources."
+)
+
+
+def unlabelled(nodes: list[Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
+    """(id, score, original text, metadata) of each labelled source, in citation order."""
+    return [
+        (
+            n.node.node_id,
+            float(n.score or 0.0),
+            _LABEL.sub("", n.node.get_content(), count=1),
+            dict(n.node.metadata),
+        )
+        for n in nodes
+    ]
+
+
+def _filters(filters: dict[str, Any]) -> MetadataFilters | None:
+    if not filters:
+        return None
+    return MetadataFilters(
+        filters=[
+            MetadataFilter(key=k, value=v, operator=FilterOperator.EQ) for k, v in filters.items()
+        ]
+    )
+
+
 class LlamaAnswerer:
-    """A LlamaIndex query engine over one loaded index."""
+    """LlamaIndex's query and chat engines over one loaded index, answering with citations."""
 
     def __init__(self, index: SearchIndex, embedder: Embedder, llm: LLM) -> None:
         self._index = VectorStoreIndex.from_vector_store(
@@ -65,29 +127,83 @@ class LlamaAnswerer:
         self._llm = llm
         self._timeout_s = float(getattr(llm, "request_timeout", 0) or 0)
 
+    def _query_engine(self, top_k: int, filters: dict[str, Any], streaming: bool) -> Any:
+        return RetrieverQueryEngine.from_args(
+            self._index.as_retriever(similarity_top_k=top_k, filters=_filters(filters)),
+            llm=self._llm,
+            node_postprocessors=[CitationLabels()],
+            text_qa_template=CITATION_QA_TEMPLATE,
+            refine_template=CITATION_REFINE_TEMPLATE,
+            streaming=streaming,
+        )
+
+    def _chat_engine(self, top_k: int, filters: dict[str, Any]) -> CondensePlusContextChatEngine:
+        return CondensePlusContextChatEngine.from_defaults(
+            self._index.as_retriever(similarity_top_k=top_k, filters=_filters(filters)),
+            llm=self._llm,
+            context_prompt=CHAT_CONTEXT_PROMPT,
+            node_postprocessors=[CitationLabels()],
+        )
+
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The LLM's answer and the ``NodeWithScore`` sources it was given."""
-        metadata_filters = (
-            MetadataFilters(
-                filters=[
-                    MetadataFilter(key=k, value=v, operator=FilterOperator.EQ)
-                    for k, v in filters.items()
-                ]
-            )
-            if filters
-            else None
-        )
-        engine = self._index.as_query_engine(
-            llm=self._llm, similarity_top_k=top_k, filters=metadata_filters
-        )
+        """The LLM's answer and the labelled ``NodeWithScore`` sources it was given."""
+        with self._translated():
+            response = self._query_engine(top_k, filters, streaming=False).query(query)
+        if not isinstance(response, Response):
+            raise UpstreamError(f"the query engine returned a {type(response).__name__}")
+        return str(response.response or ""), list(response.source_nodes)
+
+    def stream(
+        self, query: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[Iterator[str], list[Any]]:
+        """The LLM's answer token by token, and its sources (known before the first token).
+
+        Closing the iterator closes the HTTP stream from Ollama, which stops generating.
+        """
+        with self._translated():
+            response = self._query_engine(top_k, filters, streaming=True).query(query)
+        if not isinstance(response, StreamingResponse) or response.response_gen is None:
+            raise UpstreamError(f"the query engine returned a {type(response).__name__}")
+        return self._tokens(response.response_gen), list(response.source_nodes)
+
+    def chat(
+        self, history: list[tuple[str, str]], message: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """Condense the conversation and the message into a question, retrieve, answer."""
+        engine = self._chat_engine(top_k, filters)
+        with self._translated():
+            response = engine.chat(message, chat_history=_messages(history))
+        return str(response.response or ""), list(response.source_nodes)
+
+    def stream_chat(
+        self, history: list[tuple[str, str]], message: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[Iterator[str], list[Any]]:
+        """``chat``, token by token."""
+        engine = self._chat_engine(top_k, filters)
+        with self._translated():
+            response = engine.stream_chat(message, chat_history=_messages(history))
+        return self._tokens(response.response_gen), list(response.source_nodes)
+
+    def _tokens(self, tokens: Iterator[str]) -> Iterator[str]:
         try:
-            response = engine.query(query)
+            with self._translated():
+                yield from tokens
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
         except RagError:
             raise
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"the LLM did not answer within {self._timeout_s:g} s") from exc
         except Exception as exc:  # ollama.ResponseError, httpx errors
             raise UpstreamError(f"the LLM failed to answer: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(response, Response):
-            raise UpstreamError(f"the query engine returned a {type(response).__name__}")
-        return str(response.response or ""), list(response.source_nodes)
+
+
+def _messages(history: list[tuple[str, str]]) -> list[ChatMessage]:
+    return [ChatMessage(role=MessageRole(role), content=content) for role, content in history]

@@ -22,7 +22,8 @@ from .settings import Settings, api_keys
 __all__ = ["handler", "loader"]
 
 _settings = Settings()
-configure(_settings.log_level, secrets=api_keys(_settings))  # keeps the Lambda runtime's handler
+# Keeps the Lambda runtime's handler (its format is the function's LoggingConfig).
+configure(_settings.log_level, secrets=api_keys(_settings), log_format=_settings.log_format)
 loader = IndexLoader(_settings)
 loader.load()  # at init, once per execution environment; raises with the reason if it cannot
 handler = Mangum(

@@ -35,7 +35,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .search import SearchIndex
-from .service import Answerer, QueryService
+from .service import Answerer, Observer, QueryService
 from .settings import Settings
 from .storage import Store, open_store
 
@@ -126,6 +126,7 @@ class IndexLoader:
         self.ready_at: float | None = None
         self.attempts = 0  # cold-start load attempts (retries after transient failures)
         self._store = store
+        self.observers: list[Observer] = []  # told of every model-server call (metrics)
         self.reloads: Counter[str] = Counter()  # hot reloads by outcome: succeeded, failed, ...
         self._reload_lock = threading.Lock()
         self._reload_pending = threading.Event()
@@ -281,7 +282,9 @@ class IndexLoader:
         step = time.perf_counter()
         check_model(manifest, embedder, settings.probe_min_cosine)
         self.timings["model_check"] = time.perf_counter() - step
-        return QueryService(index, embedder, make_answerer=self._answerer_factory())
+        return QueryService(
+            index, embedder, make_answerer=self._answerer_factory(), observe=self._observe
+        )
 
     def request_reload(self) -> bool:
         """Load the channel's current index in the background and swap it in; False if pinned.
@@ -334,7 +337,9 @@ class IndexLoader:
                 "reload failed, still serving %s: %s: %s", current.index_id, exc.title, exc.message
             )
             return
-        service = QueryService(index, embedder, make_answerer=self._answerer_factory())
+        service = QueryService(
+            index, embedder, make_answerer=self._answerer_factory(), observe=self._observe
+        )
         self.service = service  # one assignment: new requests see the new index, old ones finish
         self.reloads["succeeded"] += 1
         current.index.close()
@@ -344,6 +349,10 @@ class IndexLoader:
         shutil.rmtree(settings.cache_dir / current.index_id, ignore_errors=True)
         self._warm(service)
         logger.info("reloaded: serving index %s (was %s)", service.index_id, current.index_id)
+
+    def _observe(self, call: str, seconds: float, error: str | None) -> None:
+        for observer in self.observers:
+            observer(call, seconds, error)
 
     def _answerer_factory(self) -> Callable[[SearchIndex, Embedder], Answerer] | None:
         settings = self.settings

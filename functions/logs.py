@@ -1,4 +1,4 @@
-"""Logging set-up for every entrypoint: one line per record, secrets redacted.
+"""Logging set-up for every entrypoint: one line per record, JSON or text, secrets redacted.
 
 ``configure`` puts a ``Redactor`` on the root logger's handlers (ours, or the ones AWS Lambda's
 runtime installed), so it sees every record, whoever logged it: our modules, uvicorn, botocore,
@@ -10,19 +10,30 @@ httpx. It removes
 
 and replaces a traceback with one line naming the exception and the innermost frame (file name
 and line, no folders). ``RAG_LOG_LEVEL=DEBUG`` keeps full tracebacks, still redacted.
+
+With ``RAG_LOG_FORMAT=json`` (the default) each record is one JSON object: ``time``, ``level``,
+``logger``, ``message``, the ``request_id`` of the request being answered (see ``edge``) and any
+structured fields the caller passed in ``extra`` (the access log's ``http``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 import traceback
 from collections.abc import Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from pathlib import PurePath
+from typing import Any
 
-__all__ = ["REDACTED", "Redactor", "configure", "redact"]
+__all__ = ["REDACTED", "JsonFormatter", "Redactor", "configure", "redact", "request_id"]
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
 REDACTED = "[REDACTED]"
 _ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -71,7 +82,29 @@ class Redactor(logging.Filter):
         if record.stack_info and not self.tracebacks:
             record.stack_info = None
         record.msg, record.args = redact(message, self.secrets), None
+        record.request_id = request_id.get()
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid:
+            entry["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:  # only when no Redactor folded it into the message
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,23 +126,32 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure(
-    level: str, *, secrets: Iterable[str] = (), fmt: str | None = None, replace: bool = False
+    level: str,
+    *,
+    secrets: Iterable[str] = (),
+    fmt: str | None = None,
+    log_format: str = "auto",
+    replace: bool = False,
 ) -> None:
     """Our loggers at ``level``, libraries at WARNING, every record through a ``Redactor``.
 
     Keeps handlers a host runtime installed (AWS Lambda's) unless ``replace``; adds one on
-    stderr where there is none.
+    stderr where there is none, writing JSON lines (``log_format`` json, or auto when stderr is
+    not a terminal) or text.
     """
+    json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     root = logging.getLogger()
     if replace:
         for old in list(root.handlers):
             root.removeHandler(old)
     if not root.handlers:
         stderr = _Stderr()
-        stderr.setFormatter(
-            logging.Formatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
         root.addHandler(stderr)
+        stderr.setFormatter(
+            JsonFormatter()
+            if json_lines
+            else logging.Formatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
     root.setLevel(logging.WARNING)
     for name in ("functions", "index_builder"):
         logging.getLogger(name).setLevel(level)

@@ -1,14 +1,18 @@
-"""Answering a query against one loaded index: retrieve mode, extractive and LLM answers.
+"""Answering against one loaded index: retrieve mode, extractive and LLM answers, chat, streams.
 
 Retrieve mode and the extractive answer use the search module directly (no LlamaIndex import on
-that path); LLM answers go through LlamaIndex's query engine (``engine``), built on first use.
+that path); LLM answers go through LlamaIndex's query and chat engines (``engine``), built on
+first use. Every answer says which sources it cites: the [n] markers an LLM wrote (source n is
+the n-th source), or the sources of the sentences an extractive answer chose.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,8 +23,21 @@ from .artifact import Manifest
 from .embeddings import Embedder
 from .search import Hit, SearchIndex, equality_filter
 
-__all__ = ["Answerer", "QueryResult", "QueryService", "Source", "extractive_answer"]
+__all__ = [
+    "AnswerStream",
+    "Answerer",
+    "Observer",
+    "QueryResult",
+    "QueryService",
+    "Source",
+    "cited_ids",
+    "extractive_answer",
+]
 
+# Told of every model-server call: which (embed or llm), seconds, and the error class if it failed.
+Observer = Callable[[str, float, str | None], None]
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n{2,}")
 _WRAPPED = re.compile(r"(?<!\n)\n(?![\n\-*#]|\s*\d+\.)")
 
@@ -35,38 +52,94 @@ class Source:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+AnswerType = Literal["generated", "extractive"]
+History = list[tuple[str, str]]  # (role, content): "user" or "assistant"
+
+
 @dataclass(frozen=True)
 class QueryResult:
-    """What ``/query`` answers."""
+    """What ``/query`` and ``/chat`` answer."""
 
     answer: str | None
-    answer_type: Literal["generated", "extractive"] | None
+    answer_type: AnswerType | None
     sources: list[Source]
     index_id: str
+    cited: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnswerStream:
+    """An answer still being written: its sources now, its text token by token.
+
+    ``tokens`` is a plain iterator (it blocks on the model server); closing it stops the LLM.
+    ``result`` gives the whole answer, with its citations, once the tokens are exhausted.
+    """
+
+    sources: list[Source]
+    answer_type: AnswerType | None
+    index_id: str
+    tokens: Iterator[str]
+    cited: list[str] | None = None  # known up front (extractive); else parsed from the text
+
+    def result(self, text: str | None) -> QueryResult:
+        """The finished answer."""
+        cited = self.cited
+        if cited is None:
+            cited = cited_ids(text or "", [source.id for source in self.sources])
+        return QueryResult(text, self.answer_type, self.sources, self.index_id, cited)
 
 
 class Answerer(Protocol):
-    """Produces an LLM answer and its sources (``engine.LlamaAnswerer`` in production)."""
+    """LLM answers and their sources (``engine.LlamaAnswerer`` in production); sources are
+    LlamaIndex ``NodeWithScore`` objects labelled for citation, in citation order."""
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The answer text and LlamaIndex ``NodeWithScore`` sources."""
+        """The answer text and its sources."""
+
+    def stream(
+        self, query: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[Iterator[str], list[Any]]:
+        """The answer token by token, and its sources."""
+
+    def chat(
+        self, history: History, message: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """The next assistant message of a conversation, and its sources."""
+
+    def stream_chat(
+        self, history: History, message: str, top_k: int, filters: dict[str, Any]
+    ) -> tuple[Iterator[str], list[Any]]:
+        """``chat``, token by token."""
+
+
+def cited_ids(text: str, ids: list[str]) -> list[str]:
+    """The ids of the sources ``text`` cites as [n] or [n, m] (1-based), first citation first."""
+    cited: list[str] = []
+    for group in _CITATION.findall(text):
+        for number in group.split(","):
+            n = int(number)
+            if 1 <= n <= len(ids) and ids[n - 1] not in cited:
+                cited.append(ids[n - 1])
+    return cited
 
 
 def extractive_answer(
     query_vector: npt.NDArray[np.float32], hits: list[Hit], embedder: Embedder, sentences: int = 3
-) -> str:
-    """The sentences of the top sources closest to the query, in their original order."""
+) -> tuple[str, list[str]]:
+    """The sentences of the top sources closest to the query, in their original order, and the
+    ids of the sources they came from."""
     candidates = [
-        line.strip().lstrip("#").strip()
+        (line.strip().lstrip("#").strip(), hit.record.id)
         for hit in hits[:3]
         for line in _SENTENCE.split(_WRAPPED.sub(" ", hit.record.text))
         if len(line.strip()) > 20
     ][:64]
     if not candidates:
-        return hits[0].record.text.strip() if hits else ""
-    scores = embedder.embed_documents(candidates) @ query_vector
+        return (hits[0].record.text.strip(), [hits[0].record.id]) if hits else ("", [])
+    scores = embedder.embed_documents([text for text, _ in candidates]) @ query_vector
     best = sorted(int(i) for i in np.argsort(-scores, kind="stable")[:sentences])
-    return " ".join(candidates[i] for i in best)
+    cited = list(dict.fromkeys(candidates[i][1] for i in best))
+    return " ".join(candidates[i][0] for i in best), cited
 
 
 class QueryService:
@@ -78,8 +151,10 @@ class QueryService:
         embedder: Embedder,
         *,
         make_answerer: Callable[[SearchIndex, Embedder], Answerer] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.index = index
+        self._observe = observe
         self.embedder = embedder
         self.manifest: Manifest = index.artifact.manifest
         self.index_id = self.manifest.index_id
@@ -87,26 +162,93 @@ class QueryService:
         self._answerer: Answerer | None = None
         self._lock = threading.Lock()
 
+    @contextmanager
+    def timed(self, call: str) -> Iterator[None]:
+        """Time a model-server call and tell the observer, failed or not."""
+        started, error = time.perf_counter(), None
+        try:
+            yield
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe(call, time.perf_counter() - started, error)
+
+    def embed_query(self, query: str) -> npt.NDArray[np.float32]:
+        """The query's vector, from the embedding model (timed)."""
+        with self.timed("embed"):
+            return self.embedder.embed_query(query)
+
     def retrieve(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         """The top-k sources, no answer."""
-        hits = self.index.search(self.embedder.embed_query(query), top_k, equality_filter(filters))
+        hits = self.index.search(self.embed_query(query), top_k, equality_filter(filters))
         return QueryResult(None, None, [_source(hit) for hit in hits], self.index_id)
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         """An LLM answer when an LLM is configured, else an extractive one; with its sources."""
         if self._make_answerer is None:
-            vector = self.embedder.embed_query(query)
-            hits = self.index.search(vector, top_k, equality_filter(filters))
-            text = extractive_answer(vector, hits, self.embedder)
-            return QueryResult(text, "extractive", [_source(hit) for hit in hits], self.index_id)
-        text, nodes = self._llm_answerer().answer(query, top_k, filters)
-        sources = [
-            Source(
-                n.node.node_id, float(n.score or 0.0), n.node.get_content(), dict(n.node.metadata)
+            return self._extractive(query, top_k, filters)
+        answerer = self._llm_answerer()
+        with self.timed("llm"):
+            text, nodes = answerer.answer(query, top_k, filters)
+        return self._generated(nodes).result(text)
+
+    def chat(
+        self, history: History, message: str, top_k: int, filters: dict[str, Any]
+    ) -> QueryResult:
+        """The next assistant message. Without an LLM: an extractive answer to ``message``."""
+        if self._make_answerer is None:
+            return self._extractive(message, top_k, filters)
+        answerer = self._llm_answerer()
+        with self.timed("llm"):
+            text, nodes = answerer.chat(history, message, top_k, filters)
+        return self._generated(nodes).result(text)
+
+    def stream(
+        self,
+        query: str,
+        top_k: int,
+        filters: dict[str, Any],
+        *,
+        mode: Literal["answer", "retrieve"] = "answer",
+        history: History | None = None,
+    ) -> AnswerStream:
+        """``answer`` (or ``chat``, given a history) as a stream; retrieve mode has no tokens."""
+        if mode == "retrieve":
+            result = self.retrieve(query, top_k, filters)
+            return AnswerStream(result.sources, None, self.index_id, iter(()), [])
+        if self._make_answerer is None:
+            result = self._extractive(query, top_k, filters)
+            return AnswerStream(
+                result.sources,
+                "extractive",
+                self.index_id,
+                iter([result.answer or ""]),
+                result.cited,
             )
-            for n in nodes
-        ]
-        return QueryResult(text, "generated", sources, self.index_id)
+        answerer = self._llm_answerer()
+        with self.timed("llm"):  # retrieval and the request; the tokens are timed as they come
+            if history is None:
+                tokens, nodes = answerer.stream(query, top_k, filters)
+            else:
+                tokens, nodes = answerer.stream_chat(history, query, top_k, filters)
+        stream = self._generated(nodes)
+        stream.tokens = tokens
+        return stream
+
+    def _extractive(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
+        vector = self.embed_query(query)
+        hits = self.index.search(vector, top_k, equality_filter(filters))
+        text, cited = extractive_answer(vector, hits, self.embedder)
+        sources = [_source(hit) for hit in hits]
+        return QueryResult(text, "extractive", sources, self.index_id, cited)
+
+    def _generated(self, nodes: list[Any]) -> AnswerStream:
+        from .engine import unlabelled
+
+        sources = [Source(*fields) for fields in unlabelled(nodes)]
+        return AnswerStream(sources, "generated", self.index_id, iter(()))
 
     def warm(self) -> None:
         """Build the LLM answerer now (in a background thread), not at the first answer."""

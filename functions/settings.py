@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         64, ge=1, description="Requests in flight before new ones get 503 + Retry-After."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON objects or text; auto = JSON unless on a terminal."
+    )
     ollama_host: str = Field(
         "http://127.0.0.1:11434",
         validation_alias=AliasChoices("OLLAMA_HOST"),

@@ -137,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     args = _parser(settings).parse_args(argv)
     # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn; all redacted.
-    configure(settings.log_level, fmt="%(levelname)s %(name)s: %(message)s", replace=True)
+    configure(
+        settings.log_level,
+        fmt="%(levelname)s %(name)s: %(message)s",
+        log_format=settings.log_format,
+        replace=True,
+    )
     try:
         if not args.store:
             raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")

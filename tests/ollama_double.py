@@ -33,6 +33,9 @@ class OllamaDouble:
         self.models = dict(models or {"nomic-embed-text": 64, "other-embed": 64, "wide-embed": 96})
         self.chat_models = chat_models
         self.latency_s = 0.0
+        self.token_latency_s = 0.0  # between streamed chat tokens
+        self.streams_finished = 0  # streamed chat answers sent to the end
+        self.streams_abandoned = 0  # streamed chat answers whose client went away first
         self.fail_embed = False
         self.fail_next = 0  # fail this many embed requests, then recover
         self.embedded: list[str] = []
@@ -81,10 +84,15 @@ class OllamaDouble:
         )
 
     def answer(self, messages: list[dict[str, Any]]) -> str:
-        """A deterministic answer that shows which context the caller sent."""
-        prompt = messages[-1].get("content", "") if messages else ""
+        """A deterministic answer that shows which context the caller sent.
+
+        Like a model that follows a citation instruction, it cites the first of the numbered
+        sources ("Source 1:") when the prompt has them.
+        """
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
         last = prompt.splitlines()[-1][:80] if prompt else ""
-        return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {last}"
+        cite = " [1]" if "Source 1:" in prompt else ""
+        return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {last}{cite}"
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -110,20 +118,33 @@ class OllamaDouble:
             return JSONResponse({**done, "message": {"role": "assistant", "content": text}})
 
         async def lines() -> AsyncIterator[bytes]:
-            for word in text.split(" "):
-                message = {"role": "assistant", "content": word + " "}
-                yield (
-                    json.dumps(
-                        {
-                            "model": model,
-                            "created_at": done["created_at"],
-                            "message": message,
-                            "done": False,
-                        }
-                    ).encode()
-                    + b"\n"
-                )
-            yield json.dumps(done).encode() + b"\n"
+            finished = False
+            try:
+                words = text.split(" ")
+                for n, word in enumerate(words):
+                    if self.token_latency_s:
+                        await asyncio.sleep(self.token_latency_s)
+                    piece = word if n == len(words) - 1 else word + " "
+                    message = {"role": "assistant", "content": piece}
+                    yield (
+                        json.dumps(
+                            {
+                                "model": model,
+                                "created_at": done["created_at"],
+                                "message": message,
+                                "done": False,
+                            }
+                        ).encode()
+                        + b"\n"
+                    )
+                yield json.dumps(done).encode() + b"\n"
+                finished = True
+            finally:
+                with self._lock:
+                    if finished:
+                        self.streams_finished += 1
+                    else:
+                        self.streams_abandoned += 1
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 

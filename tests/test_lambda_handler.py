@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,7 +161,13 @@ def expected_answer(published: Published, ollama: Ollama) -> dict[str, Any]:
         }
         for h in hits
     ]
-    return {"answer": None, "answer_type": None, "sources": sources, "index_id": published.index_id}
+    return {
+        "answer": None,
+        "answer_type": None,
+        "sources": sources,
+        "cited": [],
+        "index_id": published.index_id,
+    }
 
 
 @pytest.mark.parametrize(
@@ -176,14 +183,23 @@ def test_each_front_door_gets_the_whole_answer(
     extra: dict[str, Any],
 ) -> None:
     module, _ = lambda_module
-    response = module.handler(event(), Context())
+    request = event()
+    response = module.handler(request, Context())
     body = response.pop("body")
+    # The front door's own request id where it has one (API Gateway, function URLs), so logs
+    # correlate; else a new one.
+    front_door_id = request.get("requestContext", {}).get("requestId")
+    request_id = response["headers"]["x-request-id"]
+    assert (
+        request_id == front_door_id if front_door_id else re.fullmatch("[0-9a-f]{32}", request_id)
+    )
     assert response == {
         "statusCode": 200,
         "headers": {
             "content-length": str(len(body)),
             "content-type": "application/json",
             "x-index-id": published.index_id,
+            "x-request-id": request_id,
         },
         "isBase64Encoded": False,
         **extra,

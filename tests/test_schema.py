@@ -70,3 +70,4 @@ def test_no_server_errors_and_schema_conformance(api_schema: schemathesis.BaseSc
                     raise
     assert sum(calls.values()) >= 500, calls
     assert calls["POST /query"] >= 500
+    assert calls["POST /chat"] >= 300

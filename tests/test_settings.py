@@ -34,6 +34,7 @@ def test_defaults() -> None:
         "max_body_bytes": 65536,
         "max_concurrency": 64,
         "log_level": "INFO",
+        "log_format": "auto",
         "ollama_host": "http://127.0.0.1:11434",
         "port": 8080,
         "service": None,
