@@ -17,7 +17,8 @@ from functions.logs import configure, redact
 from functions.settings import Settings
 from functions.storage import Store, open_store
 
-from .job import run_build
+from .job import DryRun, dry_run, run_build
+from .progress import Progress, human_bytes
 from .publish import catalog, collect_garbage, promote
 
 EXIT_FAILED = 1
@@ -55,6 +56,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     build.add_argument("--chunk-overlap", type=int, default=settings.chunk_overlap)
     build.add_argument("--batch-size", type=int, default=settings.embed_batch_size)
+    build.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and chunk, say what would be embedded, reused and uploaded; change nothing",
+    )
 
     commands.add_parser("list", help="list indexes and channels")
 
@@ -78,15 +84,20 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
         ollama_host=settings.ollama_host,
         batch_size=args.batch_size,
     )
-    manifest = run_build(
-        store,
-        args.source,
-        embedder,
-        channel=args.channel,
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-    )
+    progress = Progress()  # bars on a terminal; one log line per phase in a CronJob
+    options = {
+        "channel": args.channel,
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
+        "progress": progress,
+    }
+    if args.dry_run:
+        _print_plan(dry_run(store, args.source, embedder, **options), embedder.model, args)
+        return
+    manifest = run_build(store, args.source, embedder, **options)
     counts = manifest.counts
+    size = sum(entry.size for entry in manifest.files.values())
+    print(progress.summary(), file=sys.stderr)
     if args.channel and settings.sink:
         # The channel pointer is the truth; the event only saves followers a wait. A failed send
         # is reported, not fatal.
@@ -96,6 +107,11 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
             "created_at": manifest.created_at.isoformat(),
             "embedding": manifest.embedding.model_dump(),
             "counts": counts.model_dump(),
+            "bytes": size,
+            "phases": {
+                phase.name: {"done": phase.done, "unit": phase.unit, "seconds": phase.seconds}
+                for phase in progress.phases
+            },
         }
         failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)
         if failure:
@@ -107,11 +123,35 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
             print(f"announced {manifest.index_id} to K_SINK", file=sys.stderr)
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
-        f"{counts.embedded} embedded, {counts.reused} reused"
+        f"{counts.embedded} embedded, {counts.reused} reused, {human_bytes(size)}"
         + (f"; channel {args.channel} moved" if args.channel else ""),
         file=sys.stderr,
     )
     print(manifest.index_id)
+
+
+def _print_plan(run: DryRun, model: str, args: argparse.Namespace) -> None:
+    plan, size = run.plan, run.estimated_bytes
+    unchanged = f"; channel {args.channel} unchanged" if args.channel else ""
+    reused = (
+        f"vectors of {run.previous_index}"
+        if run.previous_index
+        else "no index of this model to reuse"
+    )
+    upload = (
+        f"about {human_bytes(size)} in 7 files"
+        if size is not None
+        else "7 files (their size depends on the model's dimension)"
+    )
+    print(
+        f"dry run: nothing was embedded or uploaded{unchanged}\n"
+        f"documents     {plan.documents:,}\n"
+        f"chunks        {len(plan.records):,}\n"
+        f"to embed      {len(plan.todo):,} (with {model})\n"
+        f"reused        {plan.reused:,} ({reused})\n"
+        f"text          {human_bytes(plan.text_bytes)}\n"
+        f"upload        {upload}"
+    )
 
 
 def _list(store: Store) -> None:

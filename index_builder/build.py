@@ -7,7 +7,6 @@ one changed document embeds only that document's chunks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,9 +33,16 @@ from functions.artifact import (
 from functions.embeddings import Embedder
 from functions.errors import ConfigurationError
 
-__all__ = ["BuildReport", "build_artifact", "chunk_documents", "default_chunk_size"]
+from .progress import Progress
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "BuildPlan",
+    "BuildReport",
+    "build_artifact",
+    "chunk_documents",
+    "default_chunk_size",
+    "plan_build",
+]
 
 _PROGRESS_BATCH = 512
 
@@ -54,8 +60,27 @@ class BuildReport:
     directory: Path
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build of these documents would do: chunks, and which need embedding."""
+
+    documents: int
+    records: list[NodeRecord]
+    hashes: list[bytes]
+    todo: list[int]  # rows to embed
+    reuse: dict[int, int]  # row -> row of the previous index whose vector it copies
+    text_bytes: int
+
+    @property
+    def reused(self) -> int:
+        return len(self.reuse)
+
+
 def chunk_documents(
-    documents: Sequence[Document], chunk_size: int, chunk_overlap: int
+    documents: Sequence[Document],
+    chunk_size: int,
+    chunk_overlap: int,
+    progress: Progress | None = None,
 ) -> list[NodeRecord]:
     """Split documents with ``SentenceSplitter``; chunk ids are ``<document id>#<n>``."""
     if chunk_overlap >= chunk_size:
@@ -64,14 +89,42 @@ def chunk_documents(
         )
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     records = []
-    for document in documents:
-        for n, node in enumerate(splitter.get_nodes_from_documents([document])):
-            text = node.get_content(metadata_mode=MetadataMode.NONE)
-            if text.strip():
-                records.append(
-                    NodeRecord(f"{document.id_}#{n}", document.id_, text, dict(node.metadata))
-                )
+    progress = progress or Progress(bars=False)
+    with progress.phase("chunking", len(documents), "documents") as phase:
+        for document in documents:
+            for n, node in enumerate(splitter.get_nodes_from_documents([document])):
+                text = node.get_content(metadata_mode=MetadataMode.NONE)
+                if text.strip():
+                    records.append(
+                        NodeRecord(f"{document.id_}#{n}", document.id_, text, dict(node.metadata))
+                    )
+            phase.update(1)
+        phase.notes.append(f"{len(records)} chunks")
     return records
+
+
+def plan_build(
+    documents: Sequence[Document],
+    model_key: str,
+    *,
+    chunk_size: int,
+    chunk_overlap: int,
+    previous: Artifact | None = None,
+    dim: int | None = None,
+    progress: Progress | None = None,
+) -> BuildPlan:
+    """Chunk, hash, and match hashes against ``previous`` (of the same model and ``dim``)."""
+    records = chunk_documents(documents, chunk_size, chunk_overlap, progress)
+    if not records:
+        raise ConfigurationError("the documents hold no text to index")
+    hashes = [content_hash(model_key, record.text) for record in records]
+    reusable: dict[bytes, int] = {}
+    if previous is not None and (dim is None or previous.manifest.embedding.dim == dim):
+        reusable = {bytes(h): row for row, h in enumerate(previous.hashes)}
+    reuse = {row: reusable[digest] for row, digest in enumerate(hashes) if digest in reusable}
+    todo = [row for row in range(len(records)) if row not in reuse]
+    text_bytes = sum(len(record.text.encode()) for record in records)
+    return BuildPlan(len(documents), records, hashes, todo, reuse, text_bytes)
 
 
 def build_artifact(
@@ -83,44 +136,46 @@ def build_artifact(
     chunk_overlap: int,
     previous: Artifact | None = None,
     now: datetime | None = None,
+    progress: Progress | None = None,
 ) -> BuildReport:
     """Chunk, embed (reusing ``previous`` where possible) and write an artifact to ``out_dir``."""
-    records = chunk_documents(documents, chunk_size, chunk_overlap)
-    if not records:
-        raise ConfigurationError("the documents hold no text to index")
-    model_key = f"{embedder.provider}:{embedder.model}"
-    hashes = [content_hash(model_key, record.text) for record in records]
+    progress = progress or Progress(bars=False)
     probe = embedder.embed_query(PROBE_TEXT)
+    plan = plan_build(
+        documents,
+        f"{embedder.provider}:{embedder.model}",
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        previous=previous,
+        dim=probe.shape[0],
+        progress=progress,
+    )
+    records = plan.records
     vectors = np.empty((len(records), probe.shape[0]), dtype=np.float32)
-
-    reusable: dict[bytes, int] = {}
-    if previous is not None and previous.manifest.embedding.dim == probe.shape[0]:
-        reusable = {bytes(h): row for row, h in enumerate(previous.hashes)}
-    todo = []
-    for row, digest in enumerate(hashes):
-        if digest in reusable:
-            vectors[row] = previous.vectors[reusable[digest]]  # type: ignore[union-attr]
-        else:
-            todo.append(row)
-    for start in range(0, len(todo), _PROGRESS_BATCH):
-        rows = todo[start : start + _PROGRESS_BATCH]
-        vectors[rows] = embedder.embed_documents([records[row].text for row in rows])
-        logger.info("embedded %d/%d chunks", min(start + _PROGRESS_BATCH, len(todo)), len(todo))
+    for row, old in plan.reuse.items():
+        vectors[row] = previous.vectors[old]  # type: ignore[union-attr]
+    todo = plan.todo
+    with progress.phase("embedding", len(todo), "chunks") as phase:
+        for start in range(0, len(todo), _PROGRESS_BATCH):
+            rows = todo[start : start + _PROGRESS_BATCH]
+            vectors[rows] = embedder.embed_documents([records[row].text for row in rows])
+            phase.update(len(rows))
+        phase.notes.append(f"{plan.reused} reused")
 
     manifest = write_artifact(
         out_dir,
         vectors=vectors,
         records=records,
-        hashes=hashes,
+        hashes=plan.hashes,
         embedding=EmbeddingSpec(
             provider=embedder.provider, model=embedder.model, dim=probe.shape[0]
         ),
         chunking=ChunkingSpec(chunk_size=chunk_size, chunk_overlap=chunk_overlap),
         counts=Counts(
-            documents=len(documents),
+            documents=plan.documents,
             chunks=len(records),
             embedded=len(todo),
-            reused=len(records) - len(todo),
+            reused=plan.reused,
         ),
         probe=Probe(text=PROBE_TEXT, vector=[float(x) for x in probe]),
         created_at=now or datetime.now(UTC),

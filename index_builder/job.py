@@ -8,6 +8,7 @@ if another publisher moves the channel while this build runs, this build's index
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from functions.artifact import Artifact, Manifest
@@ -16,11 +17,29 @@ from functions.embeddings import Embedder
 from functions.errors import ObjectNotFound
 from functions.storage import Store
 
-from .build import build_artifact, default_chunk_size
+from .build import BuildPlan, build_artifact, default_chunk_size, plan_build
+from .progress import Progress
 from .publish import publish
 from .sources import load_documents
 
-__all__ = ["run_build"]
+__all__ = ["DryRun", "dry_run", "run_build"]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What ``run_build`` would do, without embedding or uploading anything."""
+
+    plan: BuildPlan
+    previous_index: str | None  # the channel's index whose vectors would be reused
+    dim: int | None  # known from that index when it was built with the same model
+
+    @property
+    def estimated_bytes(self) -> int | None:
+        """Roughly what would be uploaded: vectors, text and per-chunk columns."""
+        if self.dim is None:
+            return None
+        chunks = len(self.plan.records)
+        return chunks * (self.dim * 4 + 16 + 8 + 64) + self.plan.text_bytes
 
 
 def run_build(
@@ -31,34 +50,84 @@ def run_build(
     channel: str | None,
     chunk_size: int | None = None,
     chunk_overlap: int = 64,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Build an index of ``source`` and publish it; move ``channel`` to it if given."""
+    progress = progress or Progress(bars=False)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
+        expected_etag, previous_manifest = _current(store, channel)
         previous: Artifact | None = None
-        expected_etag: str | None = None
-        if channel:
-            channel_key(channel)  # refuse a bad name before an hour of embedding, not after
-            try:
-                pointer, expected_etag = read_channel(store, channel)
-            except ObjectNotFound:
-                pointer = None
-            if pointer is not None:
-                current = read_manifest(store, pointer.index_id)
-                embedding = (current.embedding.provider, current.embedding.model)
-                if embedding == (
-                    embedder.provider,
-                    embedder.model,
-                ):  # other models' vectors can't be reused
-                    previous = fetch_artifact(store, current, Path(tmp) / "previous")
+        if previous_manifest is not None and _same_model(previous_manifest, embedder):
+            previous = fetch_artifact(store, previous_manifest, Path(tmp) / "previous")
         report = build_artifact(
-            load_documents(source),
+            load_documents(source, progress),
             embedder,
             Path(tmp) / "new",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
             chunk_overlap=chunk_overlap,
             previous=previous,
+            progress=progress,
         )
         publish(
-            store, report.directory, report.manifest, channel=channel, expected_etag=expected_etag
+            store,
+            report.directory,
+            report.manifest,
+            channel=channel,
+            expected_etag=expected_etag,
+            progress=progress,
         )
         return report.manifest
+
+
+def dry_run(
+    store: Store,
+    source: str,
+    embedder: Embedder,
+    *,
+    channel: str | None,
+    chunk_size: int | None = None,
+    chunk_overlap: int = 64,
+    progress: Progress | None = None,
+) -> DryRun:
+    """Read and chunk ``source`` and compare with the channel's index; embed and upload nothing.
+
+    The model server is not called: reuse is decided by content hashes, which include the model.
+    """
+    with tempfile.TemporaryDirectory(prefix="rag-plan-") as tmp:
+        _, previous_manifest = _current(store, channel)
+        previous: Artifact | None = None
+        if previous_manifest is not None and _same_model(previous_manifest, embedder):
+            previous = fetch_artifact(store, previous_manifest, Path(tmp) / "previous")
+        plan = plan_build(
+            load_documents(source, progress),
+            f"{embedder.provider}:{embedder.model}",
+            chunk_size=chunk_size or default_chunk_size(embedder.provider),
+            chunk_overlap=chunk_overlap,
+            previous=previous,
+            progress=progress,
+        )
+        return DryRun(
+            plan,
+            previous.manifest.index_id if previous is not None else None,
+            previous.manifest.embedding.dim if previous is not None else None,
+        )
+
+
+def _current(store: Store, channel: str | None) -> tuple[str | None, Manifest | None]:
+    """The channel's ETag (for the final compare-and-swap) and its index's manifest."""
+    if not channel:
+        return None, None
+    channel_key(channel)  # refuse a bad name before an hour of embedding, not after
+    try:
+        pointer, etag = read_channel(store, channel)
+    except ObjectNotFound:
+        return None, None
+    return etag, read_manifest(store, pointer.index_id)
+
+
+def _same_model(manifest: Manifest, embedder: Embedder) -> bool:
+    # Other models' vectors cannot be reused.
+    return (manifest.embedding.provider, manifest.embedding.model) == (
+        embedder.provider,
+        embedder.model,
+    )

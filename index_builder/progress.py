@@ -9,6 +9,7 @@ the end, and for the ``index.published`` event.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -62,6 +63,13 @@ class Phase:
         return human_bytes(self.done) if self.unit == "B" else f"{self.done:,} {self.unit}"
 
 
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
 class Progress:
     """Phases of one build; bars only when ``stream`` is a terminal (or ``bars`` says so)."""
 
@@ -77,14 +85,17 @@ class Progress:
         if self.bars:
             from tqdm import tqdm
 
+            sized = _columns(self.stream) > 0  # a terminal that says how wide it is
             phase._bar = tqdm(
                 total=total,
                 desc=f"{name:<9}",
-                unit=unit if unit != "B" else "B",
+                unit=unit,
                 unit_scale=unit == "B",
                 unit_divisor=1024,
                 file=self.stream,
-                dynamic_ncols=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 100,
+                nrows=None if sized else 24,  # tqdm draws nothing on a terminal of 0 rows
                 leave=True,
             )
         started = time.perf_counter()

@@ -26,6 +26,8 @@ from functions.catalog import (
 from functions.errors import ObjectNotFound, WriteConflict
 from functions.storage import Store
 
+from .progress import Progress
+
 __all__ = [
     "Collected",
     "IndexInfo",
@@ -55,12 +57,20 @@ class Collected:
     uploads: list[str]
 
 
-def upload_index(store: Store, directory: Path, manifest: Manifest) -> bytes:
+def upload_index(
+    store: Store, directory: Path, manifest: Manifest, progress: Progress | None = None
+) -> bytes:
     """Upload data files, then the manifest (create-only); returns the manifest bytes."""
-    for name in DATA_FILES:
-        store.upload(index_key(manifest.index_id, name), directory / name)
+    progress = progress or Progress(bars=False)
     data = (directory / MANIFEST).read_bytes()
-    store.put(index_key(manifest.index_id), data, if_none_match=True)
+    total = sum(entry.size for entry in manifest.files.values()) + len(data)
+    with progress.phase("uploading", total, "B") as phase:
+        for name in DATA_FILES:
+            store.upload(index_key(manifest.index_id, name), directory / name)
+            phase.update(manifest.files[name].size)
+        store.put(index_key(manifest.index_id), data, if_none_match=True)
+        phase.update(len(data))
+        phase.notes.append(f"{len(DATA_FILES) + 1} files")
     return data
 
 
@@ -71,9 +81,10 @@ def publish(
     *,
     channel: str | None,
     expected_etag: str | None,
+    progress: Progress | None = None,
 ) -> Pointer | None:
     """Upload an index and, if asked, move ``channel`` to it by compare-and-swap."""
-    data = upload_index(store, directory, manifest)
+    data = upload_index(store, directory, manifest, progress)
     if channel is None:
         return None
     pointer = Pointer(

@@ -18,28 +18,37 @@ from llama_index.core import Document, SimpleDirectoryReader
 from functions.errors import ConfigurationError, InvalidRequest
 from functions.storage import open_store
 
+from .progress import Progress
+
 __all__ = ["SUPPORTED_EXTENSIONS", "load_documents"]
 
 SUPPORTED_EXTENSIONS = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
 
 
-def load_documents(source: str) -> list[Document]:
+def load_documents(source: str, progress: Progress | None = None) -> list[Document]:
     """Every supported document under a folder or an ``s3://bucket/prefix``."""
+    progress = progress or Progress(bars=False)
     if source.startswith("s3://"):
         store = open_store(source)
         with tempfile.TemporaryDirectory(prefix="rag-source-") as tmp:
             root = Path(tmp)
-            for item in store.list_objects(""):
-                if item.key.lower().endswith(SUPPORTED_EXTENSIONS):
+            wanted = [
+                item
+                for item in store.list_objects("")
+                if item.key.lower().endswith(SUPPORTED_EXTENSIONS)
+            ]
+            with progress.phase("download", sum(i.size for i in wanted), "B") as phase:
+                for item in wanted:
                     store.fetch(item.key, root / item.key, size=item.size, block_size=1 << 30)
-            return _read(root, f"{source.rstrip('/')}/")
+                    phase.update(item.size)
+            return _read(root, f"{source.rstrip('/')}/", progress)
     root = Path(source)
     if not root.is_dir():
         raise ConfigurationError(f"source {source!r} is not a folder or an s3:// prefix")
-    return _read(root, "")
+    return _read(root, "", progress)
 
 
-def _read(root: Path, label_prefix: str) -> list[Document]:
+def _read(root: Path, label_prefix: str, progress: Progress) -> list[Document]:
     from llama_index.readers.file import HTMLTagReader
 
     root = root.resolve()
@@ -71,12 +80,18 @@ def _read(root: Path, label_prefix: str) -> list[Document]:
         file_metadata=metadata,
         raise_on_error=True,
     )
-    try:
-        documents = reader.load_data(show_progress=False)
-    except Exception as exc:  # a reader failed on one file: name it, without a traceback
-        raise InvalidRequest(
-            f"could not read the source documents: {type(exc).__name__}: {exc}"
-        ) from exc
+    documents: list[Document] = []
+    with progress.phase("reading", len(files), "files") as phase:
+        try:
+            for batch in reader.iter_data():  # one file at a time (empty ones yield nothing)
+                documents.extend(batch)
+                phase.update(1)
+            phase.update(len(files) - phase.done)
+        except Exception as exc:  # a reader failed on one file: name it, without a traceback
+            raise InvalidRequest(
+                f"could not read the source documents: {type(exc).__name__}: {exc}"
+            ) from exc
+        phase.notes.append(f"{len(documents)} documents")
     seen: Counter[str] = Counter()
     for document in documents:
         source = document.metadata["source"]

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from functions.app import create_app
-from functions.catalog import index_key
+from functions.catalog import index_key, read_manifest
 from functions.embeddings import OllamaEmbedder
 from functions.errors import InvalidEvent
 from functions.events import INDEX_PUBLISHED, QUERY_REQUEST, QUERY_RESPONSE, parse
@@ -335,10 +335,15 @@ def test_the_builder_announces_new_indexes_to_k_sink(
         INDEX_PUBLISHED,
         "knative-rag/index-builder",
     )
-    assert (announced.get_data()["index_id"], announced.get_data()["channel"]) == (
-        index_id,
-        "stable",
-    )
+    data = announced.get_data()
+    assert (data["index_id"], data["channel"]) == (index_id, "stable")
+    # The build's counts and phases travel with the announcement, for dashboards and alerts.
+    manifest = read_manifest(open_store(s3_uri), index_id)
+    assert data["counts"] == manifest.counts.model_dump()
+    assert data["bytes"] == sum(entry.size for entry in manifest.files.values())
+    assert list(data["phases"]) == ["reading", "chunking", "embedding", "uploading"]
+    assert data["phases"]["embedding"]["done"] == manifest.counts.embedded
+    assert data["phases"]["uploading"]["unit"] == "B"
 
 
 def test_an_unreachable_k_sink_does_not_fail_the_build(
