@@ -35,7 +35,7 @@ from .loader import IndexLoader
 from .metrics import Metrics
 from .problems import Problem as ProblemModel
 from .problems import problem, problem_responses
-from .schemas import ChatRequest, QueryRequest, QueryResponse
+from .schemas import QUERY_RESPONSE_EXAMPLE, ChatRequest, QueryRequest, QueryResponse
 from .service import AnswerStream, QueryResult
 from .settings import Settings, api_keys
 from .sse import MEDIA_TYPE, stream_events, wants_events
@@ -138,19 +138,29 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/metrics",
         summary="Prometheus metrics: requests, latency, cold start, the index, reloads.",
         response_class=PlainTextResponse,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem_responses(401)},
+        responses={
+            200: {"content": {"text/plain": {"example": _METRICS_EXAMPLE}}},
+            **problem_responses(401),
+        },
     )
     async def metrics_text() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", summary="Liveness: the process is up.")
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process is up.",
+        responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
         "/readyz",
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
-        responses=problem_responses(503),
+        responses={
+            200: {"content": {"application/json": {"example": _READY_EXAMPLE}}},
+            **problem_responses(503),
+        },
     )
     async def readyz() -> Response:
         if loader.service is None:
@@ -259,19 +269,54 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/events",
         status_code=202,
         summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
-        responses=problem_responses(400, 401, 413, 503, 504),
+        description=(
+            "CloudEvents 1.0 in binary mode (attributes in `ce-*` headers, the data as the "
+            "body) or structured mode (`application/cloudevents+json`). A query request gets "
+            "200 with the reply event in binary mode (or 202 with `Prefer: return=minimal`); "
+            "an index-published event gets 202 and a background reload."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/cloudevents+json": {
+                        "schema": {"type": "object"},
+                        "example": _EVENT_EXAMPLE,
+                    },
+                    "application/json": {
+                        "schema": {"type": "object"},
+                        "example": _EVENT_EXAMPLE["data"],
+                    },
+                },
+            }
+        },
+        responses={
+            200: {
+                "description": "The reply event (binary mode: ce-* headers, this body)",
+                "content": {"application/json": {"example": QUERY_RESPONSE_EXAMPLE}},
+            },
+            202: {
+                "description": (
+                    "Accepted: an index-published event (reloading, or ignored by a pinned "
+                    "revision), a query answered with `Prefer: return=minimal`, or a duplicate"
+                ),
+                "content": {"application/json": {"example": {"status": "reloading"}}},
+            },
+            **problem_responses(400, 401, 413, 503, 504),
+        },
     )
     async def events(request: Request) -> Response:
         event = parse(request.headers, await request.body())
         if dedup.seen(event):
-            return Response(status_code=202)  # delivered twice: handled once already
+            # Delivered twice (Knative retries at least once): handled once already.
+            return JSONResponse({"status": "duplicate: already handled"}, status_code=202)
         if event.type == QUERY_REQUEST:
             body = _query_request(event.data)
             answer = await _within(settings.request_timeout_s, _answer, loader, body)
             dedup.remember(event)
             headers = {"X-Index-Id": answer.index_id}
             if "return=minimal" in request.headers.get("prefer", "").lower():
-                return Response(status_code=202, headers=headers)
+                return JSONResponse({"status": "answered"}, status_code=202, headers=headers)
             reply_headers, payload = reply(answer.model_dump(mode="json"), event, source)
             return Response(payload, status_code=200, headers={**reply_headers, **headers})
         if event.type == INDEX_PUBLISHED:
@@ -322,6 +367,29 @@ def _query_request(data: Any) -> QueryRequest:
         ) from exc
 
 
+_METRICS_EXAMPLE = (
+    "# HELP knative_rag_requests_total HTTP requests answered, by route template, method and "
+    "status.\n# TYPE knative_rag_requests_total counter\n"
+    'knative_rag_requests_total{method="POST",route="/query",status="200"} 42.0\n'
+    'knative_rag_index_info{embed_model="nomic-embed-text",embed_provider="ollama",'
+    'format_version="1",index_id="20261127-081500-3f2a9c1d",revision="rag-query-00002"} 1.0\n'
+)
+_READY_EXAMPLE = {
+    "status": "ready",
+    "index_id": "20261127-081500-3f2a9c1d",
+    "started_at": 1795770000.1,
+    "ready_at": 1795770000.9,
+    "timings_s": {"imports": 0.41, "fetch_and_verify": 0.62, "map": 0.001, "model_check": 0.02},
+    "reloads": {"succeeded": 1},
+}
+_EVENT_EXAMPLE = {
+    "specversion": "1.0",
+    "type": "dev.knative-rag.query.request",
+    "source": "my-app/questions",
+    "id": "b6c0d2d4-1f3a-4c44-9d0e-0a6c7f1e2b3c",
+    "datacontenttype": "application/json",
+    "data": {"query": "How do channels move?", "mode": "retrieve", "top_k": 3},
+}
 _SSE_EXAMPLE = (
     'event: token\ndata: {"text":"A channel moves"}\n\n'
     'event: token\ndata: {"text":" by compare-and-swap [1]."}\n\n'

@@ -22,16 +22,29 @@ class Problem(BaseModel):
     state: str | None = Field(None, description="Loader state (503 from /readyz).")
 
 
+# What each status looks like, for the examples in /docs.
+_EXAMPLES = {
+    400: ("Invalid CloudEvent", "the event has no 'id' attribute"),
+    401: ("Unauthorized", "a valid API key is required: Authorization: Bearer <key> or X-API-Key"),
+    413: ("Request Entity Too Large", "request body over 65536 bytes"),
+    422: ("Invalid request body", "the request body is not valid"),
+    503: ("Index not ready", "index is loading"),
+    504: ("Request deadline exceeded", "no answer within 140 s"),
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these statuses, each a problem+json ``Problem``."""
     schema = {"$ref": "#/components/schemas/Problem"}
-    return {
-        status: {
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        title, detail = _EXAMPLES.get(status, (HTTPStatus(status).phrase, "what went wrong"))
+        example = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        responses[status] = {
             "description": HTTPStatus(status).phrase,
-            "content": {"application/problem+json": {"schema": schema}},
+            "content": {"application/problem+json": {"schema": schema, "example": example}},
         }
-        for status in statuses
-    }
+    return responses
 
 
 def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "MAX_MESSAGES",
+    "QUERY_RESPONSE_EXAMPLE",
     "ChatRequest",
     "Message",
     "QueryRequest",
@@ -22,6 +23,15 @@ _SOURCE_EXAMPLE: dict[str, Any] = {
     "score": 0.83,
     "text": "The builder moves a channel with a compare-and-swap on its pointer...",
     "metadata": {"source": "channels.md", "file_name": "channels.md"},
+}
+
+
+QUERY_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "answer": "A channel moves by compare-and-swap on its pointer [1].",
+    "answer_type": "generated",
+    "sources": [_SOURCE_EXAMPLE],
+    "cited": ["channels.md#2"],
+    "index_id": "20261127-081500-3f2a9c1d",
 }
 
 
@@ -120,19 +130,7 @@ class SourceModel(BaseModel):
 class QueryResponse(BaseModel):
     """An answer from ``POST /query`` or ``POST /chat`` (and the data of the SSE end event)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "answer": "A channel moves by compare-and-swap on its pointer [1].",
-                    "answer_type": "generated",
-                    "sources": [_SOURCE_EXAMPLE],
-                    "cited": ["channels.md#2"],
-                    "index_id": "20261127-081500-3f2a9c1d",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [QUERY_RESPONSE_EXAMPLE]})
 
     answer: str | None = Field(description="The answer; null in retrieve mode.")
     answer_type: Literal["generated", "extractive"] | None = Field(

@@ -122,7 +122,7 @@ def test_no_reply_when_the_caller_asks_for_none(
     with function(settings_for(published.store_uri, ollama, tmp_path)) as client:
         ready(client)
         response = send(client, event(), prefer="return=minimal")
-    assert (response.status_code, response.content) == (202, b"")
+    assert (response.status_code, response.json()) == (202, {"status": "answered"})
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
@@ -195,7 +195,8 @@ def test_a_duplicate_is_processed_once(
         first = send(client, event(id="dup"))
         embedded = len(ollama.double.embedded)
         second = send(client, event(id="dup"))
-    assert (first.status_code, second.status_code, second.content) == (200, 202, b"")
+    assert (first.status_code, second.status_code) == (200, 202)
+    assert second.json() == {"status": "duplicate: already handled"}
     assert len(ollama.double.embedded) == embedded
 
 
