@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import corpus as synthetic  # noqa: E402
-from bench.services import free_port, moto_server, request  # noqa: E402
+from bench.services import free_port, moto_server, request, use_bucket  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 from tests.ollama_double import OllamaDouble  # noqa: E402
 from tests.servers import serve, strict_container  # noqa: E402
@@ -50,16 +50,7 @@ def main() -> None:
     )[0]["Size"]
     double = OllamaDouble({"nomic-embed-text": 768})
     with moto_server(WORK) as s3, serve(double.app) as ollama:
-        aws = {
-            "AWS_ENDPOINT_URL_S3": s3,
-            "AWS_ACCESS_KEY_ID": "b",
-            "AWS_SECRET_ACCESS_KEY": "b",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        os.environ.update(aws)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench-container")
+        aws = use_bucket(s3, "bench-container")
         store_uri = "s3://bench-container/rag"
         synthetic.publish_synthetic(
             open_store(store_uri), synthetic.texts(args.chunks), 768, WORK / "artifact"

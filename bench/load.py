@@ -43,17 +43,18 @@ def read_files_s(store_uri: str, index_id: str) -> float:
     return time.perf_counter() - started
 
 
-def drive(
+def outcomes(
     port: int, bodies: list[bytes], concurrency: int, total: int
-) -> tuple[list[float], int, float]:
-    """``total`` POST /query over ``concurrency`` keep-alive connections."""
-    latencies: list[float] = []
-    errors: list[int] = []
+) -> tuple[list[tuple[int, float, str]], float]:
+    """``total`` POST /query over ``concurrency`` keep-alive connections: each request's status,
+    seconds and X-Index-Id, and the wall time. A connection error counts as status 0 and the
+    worker reconnects: nothing is lost silently."""
+    results: list[tuple[int, float, str]] = []
     counter = iter(range(total))
     lock = threading.Lock()
 
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         headers = {"Content-Type": "application/json"}
         while True:
             with lock:
@@ -61,12 +62,16 @@ def drive(
             if n is None:
                 break
             started = time.perf_counter()
-            conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)
-            response = conn.getresponse()
-            response.read()
-            latencies.append(time.perf_counter() - started)
-            if response.status != 200:
-                errors.append(response.status)
+            try:
+                conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status, index_id = response.status, response.getheader("X-Index-Id", "")
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                status, index_id = 0, ""
+            results.append((status, time.perf_counter() - started, index_id))
         conn.close()
 
     started = time.perf_counter()
@@ -75,7 +80,15 @@ def drive(
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies, len(errors), time.perf_counter() - started
+    return results, time.perf_counter() - started
+
+
+def drive(
+    port: int, bodies: list[bytes], concurrency: int, total: int
+) -> tuple[list[float], int, float]:
+    """Latencies of every request, how many were not 200, and the wall time."""
+    results, wall = outcomes(port, bodies, concurrency, total)
+    return [s for _, s, _ in results], sum(status != 200 for status, _, _ in results), wall
 
 
 def query_load(

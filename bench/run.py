@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import corpus as synthetic  # noqa: E402
 from bench.load import query_load, read_files_s  # noqa: E402
-from bench.services import cold_start, moto_server, ollama_double  # noqa: E402
+from bench.services import cold_start, moto_server, ollama_double, use_bucket  # noqa: E402
 from functions.catalog import read_manifest  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 
@@ -230,16 +230,7 @@ def main() -> None:
         "sizes": {},
     }
     with moto_server(WORK) as s3, ollama_double(WORK, args.dim) as ollama:
-        aws = {
-            "AWS_ENDPOINT_URL_S3": s3,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        os.environ.update(aws)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        aws = use_bucket(s3, BUCKET)
         env = {
             **os.environ,
             **aws,

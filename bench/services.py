@@ -89,6 +89,22 @@ def ollama_double(work: Path, dim: int) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+def use_bucket(s3: str, bucket: str) -> dict[str, str]:
+    """Point this process's boto3 at moto's server ``s3``, create ``bucket``; returns the AWS_*
+    variables the spawned processes need too."""
+    aws = {
+        "AWS_ENDPOINT_URL_S3": s3,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    os.environ.update(aws)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return aws
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

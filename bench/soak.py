@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import corpus as synthetic  # noqa: E402
+from bench.load import outcomes  # noqa: E402
 from bench.services import (  # noqa: E402
     free_port,
     moto_server,
@@ -44,6 +45,7 @@ from bench.services import (  # noqa: E402
     peak_rss_mb,
     request,
     spawned,
+    use_bucket,
 )
 from functions.events import INDEX_PUBLISHED  # noqa: E402
 from functions.storage import open_store  # noqa: E402
@@ -63,57 +65,23 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def drive(port: int, bodies: list[bytes], concurrency: int, total: int) -> dict[str, Any]:
-    """``total`` POST /query over ``concurrency`` keep-alive connections; every outcome kept.
-
-    A connection error counts as status 0 and the worker reconnects: nothing is lost silently.
-    """
-    outcomes: list[tuple[int, float, str]] = []  # status, seconds, X-Index-Id
-    counter = iter(range(total))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        headers = {"Content-Type": "application/json"}
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                break
-            started = time.perf_counter()
-            try:
-                conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status, index_id = response.status, response.getheader("X-Index-Id", "")
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                status, index_id = 0, ""
-            outcomes.append((status, time.perf_counter() - started, index_id))
-        conn.close()
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    statuses = Counter(status for status, _, _ in outcomes)
+    """``total`` POST /query at ``concurrency``; statuses, latencies by status, served ids."""
+    results, wall = outcomes(port, bodies, concurrency, total)
+    statuses = Counter(status for status, _, _ in results)
     by_status = {
-        str(code): percentiles([s for status, s, _ in outcomes if status == code])
+        str(code): percentiles([s for status, s, _ in results if status == code])
         for code in sorted(statuses)
     }
     return {
-        "requests": len(outcomes),
+        "requests": len(results),
         "concurrency": concurrency,
         "wall_s": wall,
-        "rps": len(outcomes) / wall,
+        "rps": len(results) / wall,
         "statuses": {str(code): n for code, n in sorted(statuses.items())},
         "errors": sum(n for code, n in statuses.items() if code != 200),
         "latency_by_status": by_status,
-        "served_index_ids": sorted({index_id for _, _, index_id in outcomes if index_id}),
-        **percentiles([s for status, s, _ in outcomes if status == 200]),
+        "served_index_ids": sorted({index_id for _, _, index_id in results if index_id}),
+        **percentiles([s for status, s, _ in results if status == 200]),
     }
 
 
@@ -284,16 +252,7 @@ def main() -> None:
     WORK.mkdir(parents=True)
     began = time.perf_counter()
     with moto_server(WORK) as s3, ollama_double(WORK, args.dim) as ollama:
-        aws = {
-            "AWS_ENDPOINT_URL_S3": s3,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        os.environ.update(aws)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        aws = use_bucket(s3, BUCKET)
         store_uri = f"s3://{BUCKET}/soak"
         print(f"publishing two indexes of {args.size} x {args.dim} ...", flush=True)
         first_corpus = synthetic.texts(args.size, seed=0)

@@ -55,10 +55,7 @@ def run_build(
     """Build an index of ``source`` and publish it; move ``channel`` to it if given."""
     progress = progress or Progress(bars=False)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
-        expected_etag, previous_manifest = _current(store, channel)
-        previous: Artifact | None = None
-        if previous_manifest is not None and _same_model(previous_manifest, embedder):
-            previous = fetch_artifact(store, previous_manifest, Path(tmp) / "previous")
+        expected_etag, previous = _current(store, channel, embedder, Path(tmp))
         report = build_artifact(
             load_documents(source, progress),
             embedder,
@@ -94,10 +91,7 @@ def dry_run(
     The model server is not called: reuse is decided by content hashes, which include the model.
     """
     with tempfile.TemporaryDirectory(prefix="rag-plan-") as tmp:
-        _, previous_manifest = _current(store, channel)
-        previous: Artifact | None = None
-        if previous_manifest is not None and _same_model(previous_manifest, embedder):
-            previous = fetch_artifact(store, previous_manifest, Path(tmp) / "previous")
+        _, previous = _current(store, channel, embedder, Path(tmp))
         plan = plan_build(
             load_documents(source, progress),
             f"{embedder.provider}:{embedder.model}",
@@ -113,8 +107,11 @@ def dry_run(
         )
 
 
-def _current(store: Store, channel: str | None) -> tuple[str | None, Manifest | None]:
-    """The channel's ETag (for the final compare-and-swap) and its index's manifest."""
+def _current(
+    store: Store, channel: str | None, embedder: Embedder, tmp: Path
+) -> tuple[str | None, Artifact | None]:
+    """The channel's ETag (for the final compare-and-swap), and its index when that was built
+    with the same model (other models' vectors cannot be reused)."""
     if not channel:
         return None, None
     channel_key(channel)  # refuse a bad name before an hour of embedding, not after
@@ -122,12 +119,10 @@ def _current(store: Store, channel: str | None) -> tuple[str | None, Manifest | 
         pointer, etag = read_channel(store, channel)
     except ObjectNotFound:
         return None, None
-    return etag, read_manifest(store, pointer.index_id)
-
-
-def _same_model(manifest: Manifest, embedder: Embedder) -> bool:
-    # Other models' vectors cannot be reused.
-    return (manifest.embedding.provider, manifest.embedding.model) == (
+    manifest = read_manifest(store, pointer.index_id)
+    if (manifest.embedding.provider, manifest.embedding.model) != (
         embedder.provider,
         embedder.model,
-    )
+    ):
+        return etag, None
+    return etag, fetch_artifact(store, manifest, tmp / "previous")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +42,49 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@dataclass
+class Running:
+    """A ``python -m functions`` process, a client for it, and (once it stopped) its output."""
+
+    proc: subprocess.Popen[str]
+    client: httpx.Client
+    output: str = ""
+
+
+@contextmanager
+def function_process(env: dict[str, str]) -> Iterator[Running]:
+    """``python -m functions`` (the container's command) on a free port, once ready; on exit it
+    gets SIGTERM and its output is collected."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "functions"],
+        env={**env, "PORT": str(port)},
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = Running(proc, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if running.client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"python -m functions did not become ready: {proc.poll()}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        running.client.close()
+        proc.send_signal(signal.SIGTERM)
+        running.output = proc.communicate(timeout=30)[0]
 
 
 def strict_container(name: str, env: dict[str, str]) -> list[str]:

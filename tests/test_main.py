@@ -10,52 +10,28 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from .conftest import Ollama, Published
+from .servers import function_process
 
 
 def test_python_dash_m_functions_serves_and_stops_on_sigterm(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {
         **os.environ,
-        "PORT": str(port),
         "RAG_STORE_URI": published.store_uri,
         "RAG_CACHE_DIR": str(tmp_path / "cache"),
         "OLLAMA_HOST": ollama.url,
         "RAG_LLM_PROVIDER": "none",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "functions"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline
-                assert proc.poll() is None
-                time.sleep(0.05)
-            response = client.post("/query", json={"query": "facts", "mode": "retrieve"})
+    with function_process(env) as running:
+        response = running.client.post("/query", json={"query": "facts", "mode": "retrieve"})
         assert response.status_code == 200
         assert response.headers["x-index-id"] == published.index_id
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode in (0, -signal.SIGTERM), output
-    assert f"serving index {published.index_id}" in output
+    assert running.proc.returncode in (0, -signal.SIGTERM), running.output
+    assert f"serving index {published.index_id}" in running.output
 
 
 @pytest.mark.parametrize(

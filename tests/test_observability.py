@@ -7,13 +7,8 @@ import io
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +16,7 @@ from functions.edge import pick_request_id
 from functions.logs import JsonFormatter, Redactor, configure, request_id
 
 from .conftest import Ollama, Published, settings_for
+from .servers import function_process
 from .test_app import function, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,43 +144,18 @@ def test_json_lines_carry_the_request_id_and_fields() -> None:
 def test_the_process_logs_one_json_line_per_request(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {
         **os.environ,
-        "PORT": str(port),
         "RAG_STORE_URI": published.store_uri,
         "RAG_CACHE_DIR": str(tmp_path / "cache"),
         "OLLAMA_HOST": ollama.url,
         "RAG_LLM_PROVIDER": "none",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "functions"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline
-                assert proc.poll() is None
-                time.sleep(0.05)
-            body = {"query": "rivers", "mode": "retrieve"}
-            client.post("/query", json=body, headers={"X-Request-Id": "req-one"})
-            client.post("/query", json={"query": ""}, headers={"X-Request-Id": "req-two"})
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
+    with function_process(env) as running:
+        body = {"query": "rivers", "mode": "retrieve"}
+        running.client.post("/query", json=body, headers={"X-Request-Id": "req-one"})
+        running.client.post("/query", json={"query": ""}, headers={"X-Request-Id": "req-two"})
+    output = running.output
     lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
     access = [line for line in lines if line["logger"] == "functions.access"]
     assert [(a["request_id"], a["http"]["status"]) for a in access] == [
