@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -259,8 +259,24 @@ class QueryService:
         assert self._make_answerer is not None
         with self._lock:
             if self._answerer is None:
-                self._answerer = self._make_answerer(self.index, self.embedder)
+                # LlamaIndex embeds the question through this: timed like our own calls.
+                self._answerer = self._make_answerer(self.index, _TimedEmbedder(self))
             return self._answerer
+
+
+class _TimedEmbedder:
+    """The service's embedder, each query embedding timed and reported as an ``embed`` call."""
+
+    def __init__(self, service: QueryService) -> None:
+        self._service = service
+        self.provider = service.embedder.provider
+        self.model = service.embedder.model
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        return self._service.embed_query(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self._service.embedder.embed_documents(texts)
 
 
 def _source(hit: Hit) -> Source:
