@@ -86,7 +86,8 @@ class SearchIndex:
         self._keys = {key: k for k, key in enumerate(artifact.columns)}
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._closed = False
+        self._lock = threading.Lock()  # orders queueing against close()
 
     def __len__(self) -> int:
         return len(self.artifact)
@@ -103,8 +104,17 @@ class SearchIndex:
         norm = float(np.sqrt(np.dot(query, query)))
         rows = np.flatnonzero(self.mask(where)) if where is not None else None
         job = _Job(query / norm if norm > 0 else query, top_k, rows, Future())
-        self._queue.put(job)
-        self._start()  # after the put: see close()
+        with self._lock:
+            queued = not self._closed
+            if queued:
+                self._queue.put(job)
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._work, name="search", daemon=True)
+                    self._worker.start()
+        if not queued:
+            # A request that started before a hot reload finishes on the index it started with,
+            # in its own thread: nothing keeps a closed index (and its memory) alive after it.
+            self._answer([job])
         picked, scores = job.result.result()
         return [
             Hit(int(row), float(score), self.artifact.record(int(row)))
@@ -112,26 +122,15 @@ class SearchIndex:
         ]
 
     def close(self) -> None:
-        """Stop the worker thread; a query queued meanwhile still gets a worker to answer it."""
+        """Stop the worker thread once it has answered what is queued; later searches on this
+        index are answered in the caller's thread."""
         with self._lock:
-            if self._worker is None:
+            self._closed = True
+            worker, self._worker = self._worker, None
+            if worker is None:
                 return
-            self._queue.put(None)
-            self._worker.join()
-            self._worker = None
-            # A query put behind the stop signal saw the old worker alive and started none.
-            if not self._queue.empty():
-                self._start_locked()
-
-    def _start(self) -> None:
-        if self._worker is None:
-            with self._lock:
-                if self._worker is None:
-                    self._start_locked()
-
-    def _start_locked(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="search", daemon=True)
-        self._worker.start()
+            self._queue.put(None)  # behind every queued job: none is queued after it
+        worker.join()
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -268,7 +269,8 @@ class _TimedEmbedder:
     """The service's embedder, each query embedding timed and reported as an ``embed`` call."""
 
     def __init__(self, service: QueryService) -> None:
-        self._service = service
+        # Weak: the service holds the answerer that holds this; no cycle keeps an old index.
+        self._service: QueryService = weakref.proxy(service)
         self.provider = service.embedder.provider
         self.model = service.embedder.model
 

@@ -3,7 +3,9 @@ fetched at cold start, and on a hot reload the old index keeps serving."""
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from pathlib import Path
 
 import boto3
@@ -159,3 +161,26 @@ def store_behind(store_uri: str, endpoint: str, botocore_attempts: int | None = 
         )
     store.client = boto3.client("s3", endpoint_url=endpoint, config=config)
     return store
+
+
+def test_a_reload_lets_the_old_index_go(s3_uri: str, ollama: Ollama, tmp_path: Path) -> None:
+    source = write_corpus(tmp_path / "docs", documents=2)
+    build(s3_uri, ollama, source)
+    loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path))  # answer mode: an LLM engine
+    old = loader.load()
+    old.warm()  # the LlamaIndex engine, which holds the service's embedder
+    old.retrieve("rivers", 2, {})
+    (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
+    build(s3_uri, ollama, source)
+    assert loader.request_reload()
+    deadline = time.monotonic() + 30
+    while loader.reloads != {"succeeded": 1}:
+        assert time.monotonic() < deadline, loader.reloads
+        time.sleep(0.01)
+    # A request that began on the old index finishes on it, after the swap...
+    assert len(old.retrieve("rivers", 2, {}).sources) == 2
+    gone = weakref.ref(old.index)  # what holds the memory maps
+    del old
+    gc.collect()
+    # ...and then nothing holds it: its memory maps (the cache is memory on Knative) are freed.
+    assert gone() is None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -157,11 +159,18 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(
         assert [hit.row for hit in hits] == brute_force(vectors, queries[i], 7, admitted)
 
 
-def test_close_stops_the_worker_and_a_new_search_restarts_it(tmp_path: Path) -> None:
+def test_a_closed_index_answers_in_the_callers_thread_and_is_freed(tmp_path: Path) -> None:
     artifact, _ = random_artifact(tmp_path, n=50, dim=8)
     index = SearchIndex(artifact)
     query = np.ones(8, dtype=np.float32)
     first = index.search(query, 3)
     index.close()
+    searching = {t for t in threading.enumerate() if t.name == "search"}
+    # A request that began before a hot reload still gets its answer...
     assert [hit.row for hit in index.search(query, 3)] == [hit.row for hit in first]
+    # ...without a worker thread that would keep the old index (and its memory) alive.
+    assert {t for t in threading.enumerate() if t.name == "search"} == searching
     index.close()
+    gone = weakref.ref(index)
+    del index
+    assert gone() is None
