@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -195,15 +196,23 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         """The answer as Server-Sent Events; fails with a plain problem until the first token."""
         service = loader.require()
 
+        abandoned = threading.Event()
+
         def start() -> tuple[AnswerStream, str | None]:
             stream = service.stream(query, top_k, filters, **how)
-            return stream, next(stream.tokens, None)
+            first = next(stream.tokens, None)
+            if abandoned.is_set():  # the client got its 504: stop the LLM, here, not in the loop
+                close = getattr(stream.tokens, "close", None)
+                if close is not None:
+                    close()
+            return stream, first
 
         try:
             stream, first = await asyncio.wait_for(
                 run_in_threadpool(start), settings.request_timeout_s
             )
         except TimeoutError as exc:
+            abandoned.set()
             raise DeadlineExceeded(f"no answer within {settings.request_timeout_s:g} s") from exc
         return StreamingResponse(
             stream_events(stream, first, render, problem_body),

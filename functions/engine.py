@@ -117,6 +117,27 @@ def _filters(filters: dict[str, Any]) -> MetadataFilters | None:
     )
 
 
+class StatelessChatEngine(CondensePlusContextChatEngine):
+    """LlamaIndex's condense-plus-context engine for a conversation the client keeps.
+
+    ``stream_answer`` runs the engine's own condense-retrieve-synthesize steps and hands back the
+    synthesizer's plain token generator. The stock ``stream_chat`` also starts a thread that
+    copies the answer into the engine's memory; a stateless function has no use for it, and it
+    cannot be stopped when the client goes away (it reads the LLM to the end, and closing the
+    stream waits for it).
+    """
+
+    def stream_answer(
+        self, message: str, chat_history: list[ChatMessage]
+    ) -> tuple[Iterator[str], list[NodeWithScore]]:
+        """The answer token by token, and the labelled sources it was given."""
+        synthesizer, _, nodes = self._run_c3(message, chat_history, streaming=True)
+        response = synthesizer.synthesize(message, nodes)
+        if not isinstance(response, StreamingResponse) or response.response_gen is None:
+            raise UpstreamError(f"the chat engine returned a {type(response).__name__}")
+        return response.response_gen, list(nodes)
+
+
 class LlamaAnswerer:
     """LlamaIndex's query and chat engines over one loaded index, answering with citations."""
 
@@ -137,8 +158,9 @@ class LlamaAnswerer:
             streaming=streaming,
         )
 
-    def _chat_engine(self, top_k: int, filters: dict[str, Any]) -> CondensePlusContextChatEngine:
-        return CondensePlusContextChatEngine.from_defaults(
+    def _chat_engine(self, top_k: int, filters: dict[str, Any]) -> StatelessChatEngine:
+        # from_defaults builds ``cls(...)``: a StatelessChatEngine here.
+        return StatelessChatEngine.from_defaults(  # type: ignore[return-value]
             self._index.as_retriever(similarity_top_k=top_k, filters=_filters(filters)),
             llm=self._llm,
             context_prompt=CHAT_CONTEXT_PROMPT,
@@ -181,8 +203,8 @@ class LlamaAnswerer:
         """``chat``, token by token."""
         engine = self._chat_engine(top_k, filters)
         with self._translated():
-            response = engine.stream_chat(message, chat_history=_messages(history))
-        return self._tokens(response.response_gen), list(response.source_nodes)
+            tokens, nodes = engine.stream_answer(message, _messages(history))
+        return self._tokens(tokens), nodes
 
     def _tokens(self, tokens: Iterator[str]) -> Iterator[str]:
         try:

@@ -13,6 +13,7 @@ Ollama, and Ollama stops generating.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
@@ -49,7 +50,10 @@ class _Pump:
         self.loop = loop
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="sse-pump", daemon=True)
+        context = contextvars.copy_context()  # the request id, for whatever the LLM logs
+        self.thread = threading.Thread(
+            target=context.run, args=(self._run,), name="sse-pump", daemon=True
+        )
         self.thread.start()
 
     def _run(self) -> None:

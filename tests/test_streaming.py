@@ -4,6 +4,7 @@ through a real uvicorn, with the Ollama double streaming NDJSON over HTTP."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,17 @@ def test_retrieve_and_extractive_modes_stream_too(
     assert set(final["cited"]) <= {source["id"] for source in final["sources"]}
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/query", {"query": "rivers"}), ("/chat", {"messages": [{"role": "user", "content": "x"}]})],
+)
 def test_a_client_that_goes_away_stops_the_llm(
-    published: Published, ollama: Ollama, tmp_path: Path
+    published: Published, ollama: Ollama, tmp_path: Path, path: str, body: dict[str, Any]
 ) -> None:
     ollama.double.token_latency_s = 0.2  # about 3 s for the whole answer
     with function(settings_for(published.store_uri, ollama, tmp_path)) as client:
         wait_ready(client)
-        with connect_sse(
-            client, "POST", "/query", json={"query": "rivers"}, headers=EVENTS
-        ) as source:
+        with connect_sse(client, "POST", path, json=body, headers=EVENTS) as source:
             first = next(source.iter_sse())
             assert first.event == "token"
         # The response is closed after one token: the function must stop reading from Ollama,
@@ -87,8 +90,9 @@ def test_a_client_that_goes_away_stops_the_llm(
             assert time.monotonic() < deadline, "the LLM stream was not abandoned"
             time.sleep(0.05)
         assert ollama.double.streams_finished == 0
-        # and the function is fine afterwards
+        # and the function is fine afterwards, with no thread left reading the LLM
         assert client.post("/query", json={"query": "rivers", "mode": "retrieve"}).is_success
+        assert not [t for t in threading.enumerate() if t.name == "sse-pump"]
 
 
 def test_a_stream_that_cannot_start_is_a_plain_problem(
@@ -164,3 +168,23 @@ def test_chat_refuses_bad_conversations(
         response = client.post("/chat", json={"messages": messages})
     assert is_problem(response, 422)
     assert where in json.dumps(response.json()["errors"])
+
+
+def test_a_stream_past_its_deadline_is_504_and_the_llm_is_stopped(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    ollama.double.latency_s = 1.0  # before the first token
+    ollama.double.token_latency_s = 0.2
+    settings = settings_for(published.store_uri, ollama, tmp_path, request_timeout_s=0.5)
+    with function(settings) as client:
+        wait_ready(client)
+        response = client.post("/query", json={"query": "rivers"}, headers=EVENTS)
+        assert is_problem(response, 504)
+        started = time.monotonic()
+        assert client.get("/healthz").is_success  # the server is not blocked meanwhile
+        assert time.monotonic() - started < 2
+        deadline = time.monotonic() + 10
+        while ollama.double.streams_abandoned == 0:
+            assert time.monotonic() < deadline, "the abandoned answer was not stopped"
+            time.sleep(0.05)
+    assert ollama.double.streams_finished == 0
