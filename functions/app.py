@@ -132,7 +132,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Starlette re-raises after this response, so the server logs the traceback once.
+        # functions.edge answers and logs unexpected errors first; this is the last resort.
         return problem(500, "an unexpected error occurred", "Internal error")
 
     @app.get(

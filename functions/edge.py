@@ -8,6 +8,7 @@ request runs carries it (threads the request starts included).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -22,6 +23,15 @@ from .metrics import Metrics
 __all__ = ["Edge", "pick_request_id"]
 
 access = logging.getLogger("functions.access")
+errors = logging.getLogger("functions.errors")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_INTERNAL = {
+    "type": "about:blank",
+    "title": "Internal error",
+    "status": 500,
+    "detail": "an unexpected error occurred",
+}
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -60,10 +70,12 @@ class Edge:
         status = 500  # what the client gets if the app fails before answering
         index_id = ""
         sent = 0
+        responded = False
 
         async def tracked(message: Message) -> None:
-            nonlocal status, index_id, sent
+            nonlocal status, index_id, sent, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 for name, value in headers:
@@ -77,12 +89,30 @@ class Edge:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, tracked)
+        except Exception:
+            # Logged here, with the request id, as one redacted line; the client gets a bare
+            # problem (if nothing was sent yet) that still says which request it was.
+            errors.exception("%s %s failed", scope["method"], scope["path"])
+            if not responded:
+                body = json.dumps(_INTERNAL).encode()
+                await tracked(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await tracked({"type": "http.response.body", "body": body})
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
+            # Methods come from the client: a fixed set of label values, whatever it sends.
+            method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.duration.labels(template, method).observe(seconds)
             if template not in ("/healthz", "/readyz", "/metrics") or status >= 400:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,8 @@ from functions.app import create_app
 from functions.errors import RagError
 from functions.loader import IndexLoader
 from functions.settings import Settings
+
+from .conftest import Ollama, Published, settings_for
 
 ERRORS = [getattr(errors, name) for name in errors.__all__]
 
@@ -83,13 +86,38 @@ def test_only_errors_about_the_request_show_their_message() -> None:
     }
 
 
-def test_unexpected_errors_are_a_bare_500_without_internals() -> None:
+def test_unexpected_errors_are_a_bare_500_without_internals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     app = _app_raising(RuntimeError("/secret/path password=hunter2"))
-    response = _get(app, "/boom", raise_app_exceptions=False)
+    response = _get(app, "/boom")  # nothing escapes to the server either
     assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json() == {
         "type": "about:blank",
         "title": "Internal error",
         "status": 500,
         "detail": "an unexpected error occurred",
     }
+    # Logged once, with the request id the client was given.
+    (record,) = [r for r in caplog.records if r.name == "functions.errors"]
+    assert record.getMessage() == "GET /boom failed"
+    assert record.exc_info is not None
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_metric_labels_stay_bounded_whatever_the_method(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    app = create_app(settings_for(published.store_uri, ollama, tmp_path))
+    transport = httpx.ASGITransport(app=app)
+
+    async def call() -> None:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for method in ("X0RANDOM", "BREW", "GET"):
+                await client.request(method, "/whatever")
+
+    asyncio.run(call())
+    metrics = _get(app, "/metrics").text
+    assert "X0RANDOM" not in metrics
+    assert 'method="other"' in metrics
