@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -38,16 +39,33 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "re
 REDACTED = "[REDACTED]"
 _ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SHORTEST_SECRET = 6  # shorter values would blank out ordinary words
-_PATTERNS = (
-    # scheme://user:password@host -> scheme://[REDACTED]@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]*@"), rf"\1{REDACTED}@"),
+
+
+def _keep_quotes(match: re.Match[str]) -> str:
+    value = match.group(3)
+    quote = value[0] if value[:1] in ("'", '"') and len(value) > 1 else ""
+    return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+
+
+_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
+    # scheme://user:password@host (the user may be empty) -> scheme://[REDACTED]@host; a query
+    # or fragment with an @ in it is not userinfo.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:?#]*:[^/\s@?#]*@"), rf"\1{REDACTED}@"),
+    # Authorization: <scheme> <credentials>, whatever the scheme (Basic, Bearer, AWS4-HMAC...)
+    (
+        re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"),
+        rf"\1{REDACTED}",
+    ),
     (re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+"), rf"\1{REDACTED}"),
+    # name=value or name: value, for any name containing a secret-sounding word (access_token,
+    # client_secret, aws_secret_access_key, X-API-Key, OLLAMA_API_KEY ...); quoted values whole.
     (
         re.compile(
-            r"(?i)\b(x-api-key|api[_-]?keys?|password|passwd|secret|token|signature|credential)"
-            r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",;&]+"
+            r"(?i)(?<![a-z0-9])([a-z0-9_.-]*(?:api[_-]?keys?|password|passwd|secret|token"
+            r"|signature|credential)[a-z0-9_.-]*)"
+            r"(['\"]?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s'\",;&]+)"
         ),
-        rf"\1\2{REDACTED}",
+        _keep_quotes,
     ),
 )
 
@@ -114,6 +132,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' if text else ''}{text}{where}"
 
 
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("functions.threads").error(
+        "thread %s failed", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+    )
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    logging.getLogger("functions").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
 
@@ -140,6 +171,9 @@ def configure(
     not a terminal) or text.
     """
     json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    # Uncaught exceptions, in any thread, go through logging too: redacted, one line.
+    threading.excepthook = _thread_exception
+    sys.excepthook = _uncaught
     root = logging.getLogger()
     if replace:
         for old in list(root.handlers):

@@ -7,14 +7,17 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from functions.logs import REDACTED, Redactor, redact
+from functions.logs import REDACTED, Redactor, configure, redact
 
 from .conftest import Published
+
+R = REDACTED
 
 
 @pytest.mark.parametrize(
@@ -24,14 +27,26 @@ from .conftest import Published
             "Ollama at http://admin:s3cr3t-pw@ollama:11434 is unreachable",
             f"Ollama at http://{REDACTED}@ollama:11434 is unreachable",
         ),
-        ("{'Authorization': 'Bearer abc.def-123'}", f"{{'Authorization': 'Bearer {REDACTED}'}}"),
+        ("{'Authorization': 'Bearer abc.def-123'}", f"{{'Authorization': '{REDACTED}'}}"),
+        ("Authorization: Basic dXNlcjpwYXNz", f"Authorization: {REDACTED}"),
+        ("sent Bearer abc.def-123 to it", f"sent Bearer {REDACTED} to it"),
+        ("redis://:pw-1234@cache:6379/0", f"redis://{REDACTED}@cache:6379/0"),
+        ("http://ollama:11434/api?x=a@b", "http://ollama:11434/api?x=a@b"),
+        ("access_token=abc&client_secret=d", f"access_token={R}&client_secret={R}"),
+        ("GITHUB_TOKEN=ghp_1 OLLAMA_API_KEY=k-2", f"GITHUB_TOKEN={R} OLLAMA_API_KEY={R}"),
+        ("aws_secret_access_key = wJalrXUtn", f"aws_secret_access_key = {REDACTED}"),
+        ('refresh_token: "a b c"', f'refresh_token: "{REDACTED}"'),
         ("X-API-Key: k-123456789", f"X-API-Key: {REDACTED}"),
         ("url?X-Amz-Signature=deadbeef&x=1", f"url?X-Amz-Signature={REDACTED}&x=1"),
         ('{"password": "hunter22"}', f'{{"password": "{REDACTED}"}}'),
         ("key the-api-key-value used", f"key {REDACTED} used"),
         ("index 20261127-081500-3f2a9c1d at s3://bucket/rag", "index 20261127-081500-3f2a9c1d at s3://bucket/rag"),
     ],
-    ids=["url-userinfo", "bearer", "x-api-key", "presigned", "password", "known-secret", "plain"],
+    ids=[
+        "url-userinfo", "authorization", "basic", "bearer", "empty-user", "at-in-query",
+        "oauth", "env-names", "aws", "quoted-spaces", "x-api-key", "presigned", "password",
+        "known-secret", "plain",
+    ],
 )  # fmt: skip
 def test_redact(text: str, expected: str) -> None:
     assert redact(text, ["the-api-key-value", "short"]) == expected
@@ -122,3 +137,24 @@ def test_a_real_function_logs_no_secrets(published: Published, tmp_path: Path) -
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("knative-rag: exiting: Model server unavailable: Ollama at http://")
     assert last.endswith(" attempts)")
+
+
+def test_a_failing_thread_is_logged_not_printed(caplog: pytest.LogCaptureFixture) -> None:
+    hooks = threading.excepthook, sys.excepthook
+    level = logging.getLogger("functions").level
+    try:
+        configure("INFO")  # keeps the handlers there are (pytest's), adds the Redactor
+        thread = threading.Thread(target=fail, name="worker-1")
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook, sys.excepthook = hooks
+        logging.getLogger("functions").setLevel(level)
+        for handler in logging.getLogger().handlers:
+            for redactor in [f for f in handler.filters if isinstance(f, Redactor)]:
+                handler.removeFilter(redactor)
+    (record,) = [r for r in caplog.records if r.name == "functions.threads"]
+    assert record.getMessage().startswith(
+        "thread worker-1 failed [ValueError: cannot reach http://"
+    )
+    assert "p4ssw0rd" not in record.getMessage()
