@@ -99,10 +99,14 @@ class OllamaEmbedder:
                 return call()
             except Exception as exc:  # ollama.ResponseError, httpx errors: the server failed
                 failure = exc
+                status = getattr(exc, "status_code", None)
+                if isinstance(status, int) and 400 <= status < 500 and status != 429:
+                    break  # no such model, a bad request: another try will not help
                 if attempt + 1 < _ATTEMPTS:
                     time.sleep(_BACKOFF_S * 2**attempt * (0.5 + random.random()))
         raise UpstreamError(
-            f"Ollama embedding with {self.model!r} failed {_ATTEMPTS} times: {failure}"
+            f"Ollama embedding with {self.model!r} failed {attempt + 1} times: {failure}",
+            transient=attempt + 1 == _ATTEMPTS,
         ) from failure
 
 
@@ -134,7 +138,8 @@ class OllamaQueryEmbedder:
         if response.status_code != 200:
             raise UpstreamError(
                 f"Ollama embedding with {self.model!r} failed: {response.status_code} "
-                f"{response.text[:200]}"
+                f"{response.text[:200]}",
+                transient=response.status_code >= 500 or response.status_code == 429,
             )
         embeddings: list[list[float]] = response.json()["embeddings"]
         return embeddings

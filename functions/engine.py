@@ -224,7 +224,11 @@ class LlamaAnswerer:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"the LLM did not answer within {self._timeout_s:g} s") from exc
         except Exception as exc:  # ollama.ResponseError, httpx errors
-            raise UpstreamError(f"the LLM failed to answer: {type(exc).__name__}: {exc}") from exc
+            status = getattr(exc, "status_code", None)  # ollama.ResponseError: 404 no such model
+            raise UpstreamError(
+                f"the LLM failed to answer: {type(exc).__name__}: {exc}",
+                transient=not (isinstance(status, int) and 400 <= status < 500 and status != 429),
+            ) from exc
 
 
 def _messages(history: list[tuple[str, str]]) -> list[ChatMessage]:

@@ -62,11 +62,16 @@ class RagError(Exception):
     status: int = 500
     title: str = "Internal error"
     exposed: bool = False
+    transient: bool = False  # may pass by itself: worth retrying (a cold start does)
 
-    def __init__(self, message: str, *, public: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, public: str | None = None, transient: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self._public = public
+        if transient is not None:
+            self.transient = transient
 
     @property
     def public(self) -> str:
@@ -129,6 +134,7 @@ class StoreError(RagError):
 
     status = 502
     title = "Object store error"
+    transient = True  # unreachable, throttled, 5xx; the store says which are not
 
 
 class ObjectNotFound(StoreError):
@@ -136,6 +142,7 @@ class ObjectNotFound(StoreError):
 
     status = 404
     title = "Not found"
+    transient = False
 
 
 class WriteConflict(StoreError):
@@ -143,6 +150,7 @@ class WriteConflict(StoreError):
 
     status = 409
     title = "Conditional write lost"
+    transient = False
 
 
 class ArtifactError(RagError):
@@ -182,6 +190,7 @@ class UpstreamError(RagError):
 
     status = 503
     title = "Model server unavailable"
+    transient = True  # down, restarting, overloaded; a missing model is not
 
 
 class UpstreamTimeout(UpstreamError):

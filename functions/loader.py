@@ -30,9 +30,6 @@ from .errors import (
     ModelMismatch,
     NotReady,
     RagError,
-    StoreError,
-    UpstreamError,
-    UpstreamTimeout,
 )
 from .search import SearchIndex
 from .service import Answerer, Observer, QueryService
@@ -49,9 +46,9 @@ MiB = 1024 * 1024
 # What the process needs besides the index: Python, numpy, FastAPI, boto3 and, in answer mode,
 # LlamaIndex (measured 428 MB RSS with a 461 MB index mapped, 520 MB in answer mode).
 _PROCESS_OVERHEAD = 384 * MiB
-# Cold-start retries: what may pass by itself (the store or model server briefly unreachable,
-# throttling, 5xx), not what will not (a missing channel, a corrupt index, a wrong model).
-_TRANSIENT = (StoreError, UpstreamError, UpstreamTimeout)
+# Cold-start retries: what may pass by itself (``RagError.transient``: the store or model server
+# briefly unreachable, throttling, 5xx), not what will not (credentials, a missing channel or
+# model, a corrupt index, a wrong model).
 _RETRY_BASE_S = 0.25
 _RETRY_CAP_S = 8.0
 _CGROUP_LIMITS = (
@@ -235,8 +232,8 @@ class IndexLoader:
             self.attempts += 1
             try:
                 return self._load()
-            except (StoreError, UpstreamError) as exc:
-                if type(exc) not in _TRANSIENT:
+            except RagError as exc:
+                if not exc.transient:
                     raise
                 delay = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**self.attempts))
                 if time.time() + delay >= deadline:
@@ -336,6 +333,10 @@ class IndexLoader:
             logger.error(
                 "reload failed, still serving %s: %s: %s", current.index_id, exc.title, exc.message
             )
+            return
+        except Exception:  # a full cache volume, a bug: the old index still serves
+            self.reloads["failed"] += 1
+            logger.exception("reload failed, still serving %s", current.index_id)
             return
         service = QueryService(
             index, embedder, make_answerer=self._answerer_factory(), observe=self._observe

@@ -46,6 +46,9 @@ def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+
+
 class S3Store:
     """A store under an S3 prefix, through boto3 and the standard ``AWS_*`` configuration."""
 
@@ -83,7 +86,12 @@ class S3Store:
 
     @contextmanager
     def _translated(self, key: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
 
         try:
             yield
@@ -100,9 +108,19 @@ class S3Store:
                 raise WriteConflict(
                     f"{where}: conditional write refused ({code or status})"
                 ) from exc
-            raise StoreError(f"{where}: {code or status}: {error.get('Message', '')}") from exc
+            # 4xx other than throttling will not pass by itself: credentials, permissions, a
+            # missing bucket. 5xx, throttling and timeouts may.
+            transient = (
+                not isinstance(status, int) or status >= 500 or status in (408, 429)
+            ) or code in _THROTTLING
+            raise StoreError(
+                f"{where}: {code or status}: {error.get('Message', '')}", transient=transient
+            ) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
+            transient = not isinstance(exc, NoCredentialsError | PartialCredentialsError)
+            raise StoreError(
+                f"{self.uri}/{key}: {type(exc).__name__}: {exc}", transient=transient
+            ) from exc
 
     def get(self, key: str) -> Versioned:
         """Read a small object with its ETag."""

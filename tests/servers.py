@@ -105,15 +105,24 @@ def strict_container(name: str, env: dict[str, str]) -> list[str]:
 class Gate:
     """A forwarding HTTP proxy that fails or holds requests, to put faults at exact points.
 
-    The first ``refuse`` requests get 503 (S3's SlowDown) without being forwarded. The first
+    The first ``refuse`` requests get ``refusal`` (by default 503 SlowDown, S3's throttling) as
+    an S3 error document, without being forwarded. The first
     request whose "METHOD /path" matches ``hold`` is held: ``held`` is set once it has arrived,
     and it stays unanswered until ``release`` is set, then gets 503.
     """
 
-    def __init__(self, target: str, hold: str | None = None, *, refuse: int = 0) -> None:
+    def __init__(
+        self,
+        target: str,
+        hold: str | None = None,
+        *,
+        refuse: int = 0,
+        refusal: tuple[int, str] = (503, "SlowDown"),
+    ) -> None:
         self.target = target
         self.hold = re.compile(hold) if hold else None
         self.refuse = refuse
+        self.refusal = refusal
         self.refused = 0
         self.held = threading.Event()
         self.release = threading.Event()
@@ -130,7 +139,9 @@ class Gate:
         body = await request.body()
         if self.refused < self.refuse:
             self.refused += 1
-            await Response(_SLOW_DOWN, 503, media_type="application/xml")(scope, receive, send)
+            status, code = self.refusal
+            body = _S3_ERROR.format(code=code)
+            await Response(body, status, media_type="application/xml")(scope, receive, send)
             return
         if self.hold and not self.held.is_set() and self.hold.search(f"{method} {path}"):
             self.held.set()
@@ -153,8 +164,8 @@ class Gate:
         )
 
 
-_SLOW_DOWN = (
-    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-    "<Message>Please reduce your request rate.</Message></Error>"
+_S3_ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+    "<Message>The gate said {code}.</Message></Error>"
 )
 _HOP_HEADERS = {"host", "connection", "transfer-encoding", "content-encoding", "expect"}

@@ -184,3 +184,28 @@ def test_a_reload_lets_the_old_index_go(s3_uri: str, ollama: Ollama, tmp_path: P
     gc.collect()
     # ...and then nothing holds it: its memory maps (the cache is memory on Knative) are freed.
     assert gone() is None
+
+
+def test_a_cold_start_does_not_retry_what_will_not_pass(
+    published: Published, ollama: Ollama, s3_endpoint: str, tmp_path: Path
+) -> None:
+    gate = Gate(s3_endpoint, refuse=10**9, refusal=(403, "AccessDenied"))
+    with serve(gate) as url:
+        settings = settings_for(published.store_uri, ollama, tmp_path, llm_provider="none")
+        loader = IndexLoader(settings, store=store_behind(published.store_uri, url))
+        loader.start()
+        assert loader.done.wait(30)
+    assert (loader.state, loader.attempts, gate.refused) == ("failed", 1, 1)
+    assert loader.reason is not None
+    assert "AccessDenied" in loader.reason
+
+    # Nor a model the model server does not have.
+    missing = settings_for(
+        published.store_uri, ollama, tmp_path, llm_provider="none", embed_model="no-such-model"
+    )
+    loader = IndexLoader(missing)
+    loader.start()
+    assert loader.done.wait(30)
+    assert (loader.state, loader.attempts) == ("failed", 1)
+    assert loader.reason is not None
+    assert "404" in loader.reason
