@@ -27,6 +27,7 @@ __all__ = [
     "Pointer",
     "channel_key",
     "fetch_artifact",
+    "fetch_file",
     "index_key",
     "is_index_id",
     "move_channel",
@@ -115,6 +116,18 @@ def _get(store: Store, key: str, public: str) -> bytes:
         raise ObjectNotFound(exc.message, public=public) from exc
 
 
+def fetch_file(store: Store, manifest: Manifest, name: str, dest: Path) -> Path:
+    """One data file of an index, downloaded into ``dest`` (or used in place) and verified."""
+    entry = manifest.files[name]
+    key = index_key(manifest.index_id, name)
+    try:
+        fetched = store.fetch(key, dest / name, size=entry.size, block_size=entry.block_size)
+    except ObjectNotFound as exc:
+        raise IntegrityError(f"{manifest.index_id}: {name} is missing from the store") from exc
+    verify_file(name, entry, fetched.size, fetched.blocks)
+    return fetched.path
+
+
 def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifact:
     """Download (or open in place) every data file, verify it, and map the artifact.
 
@@ -124,14 +137,7 @@ def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifac
     dest = cache_dir / manifest.index_id
 
     def fetch(name: str) -> Path:
-        entry = manifest.files[name]
-        key = index_key(manifest.index_id, name)
-        try:
-            fetched = store.fetch(key, dest / name, size=entry.size, block_size=entry.block_size)
-        except ObjectNotFound as exc:
-            raise IntegrityError(f"{manifest.index_id}: {name} is missing from the store") from exc
-        verify_file(name, entry, fetched.size, fetched.blocks)
-        return fetched.path
+        return fetch_file(store, manifest, name, dest)
 
     try:
         # Files download and hash in parallel: hashlib and socket reads release the GIL.

@@ -109,18 +109,17 @@ def plan_build(
     *,
     chunk_size: int,
     chunk_overlap: int,
-    previous: Artifact | None = None,
-    dim: int | None = None,
+    previous_hashes: Sequence[bytes] | None = None,
     progress: Progress | None = None,
 ) -> BuildPlan:
-    """Chunk, hash, and match hashes against ``previous`` (of the same model and ``dim``)."""
+    """Chunk, hash, and match hashes against those of a previous index of the same model."""
     records = chunk_documents(documents, chunk_size, chunk_overlap, progress)
     if not records:
         raise ConfigurationError("the documents hold no text to index")
     hashes = [content_hash(model_key, record.text) for record in records]
     reusable: dict[bytes, int] = {}
-    if previous is not None and (dim is None or previous.manifest.embedding.dim == dim):
-        reusable = {bytes(h): row for row, h in enumerate(previous.hashes)}
+    if previous_hashes is not None:
+        reusable = {bytes(h): row for row, h in enumerate(previous_hashes)}
     reuse = {row: reusable[digest] for row, digest in enumerate(hashes) if digest in reusable}
     todo = [row for row in range(len(records)) if row not in reuse]
     text_bytes = sum(len(record.text.encode()) for record in records)
@@ -146,8 +145,11 @@ def build_artifact(
         f"{embedder.provider}:{embedder.model}",
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
-        previous=previous,
-        dim=probe.shape[0],
+        previous_hashes=(
+            list(previous.hashes)
+            if previous is not None and previous.manifest.embedding.dim == probe.shape[0]
+            else None
+        ),
         progress=progress,
     )
     records = plan.records

@@ -11,8 +11,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from functions.artifact import Artifact, Manifest
-from functions.catalog import channel_key, fetch_artifact, read_channel, read_manifest
+from functions.artifact import Manifest
+from functions.catalog import (
+    channel_key,
+    fetch_artifact,
+    fetch_file,
+    read_channel,
+    read_manifest,
+)
 from functions.embeddings import Embedder
 from functions.errors import ObjectNotFound
 from functions.storage import Store
@@ -55,7 +61,12 @@ def run_build(
     """Build an index of ``source`` and publish it; move ``channel`` to it if given."""
     progress = progress or Progress(bars=False)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
-        expected_etag, previous = _current(store, channel, embedder, Path(tmp))
+        expected_etag, manifest = _current(store, channel, embedder)
+        previous = (
+            fetch_artifact(store, manifest, Path(tmp) / "previous")
+            if manifest is not None
+            else None
+        )
         report = build_artifact(
             load_documents(source, progress),
             embedder,
@@ -88,30 +99,36 @@ def dry_run(
 ) -> DryRun:
     """Read and chunk ``source`` and compare with the channel's index; embed and upload nothing.
 
-    The model server is not called: reuse is decided by content hashes, which include the model.
+    Only the previous index's content hashes are fetched (16 bytes a chunk), and the model server
+    is not called: reuse is decided by content hashes, which include the model.
     """
     with tempfile.TemporaryDirectory(prefix="rag-plan-") as tmp:
-        _, previous = _current(store, channel, embedder, Path(tmp))
+        _, manifest = _current(store, channel, embedder)
+        hashes: list[bytes] | None = None
+        if manifest is not None:
+            path = fetch_file(store, manifest, "hashes.bin", Path(tmp))
+            data = path.read_bytes()
+            hashes = [data[i : i + 16] for i in range(0, len(data), 16)]
         plan = plan_build(
             load_documents(source, progress),
             f"{embedder.provider}:{embedder.model}",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
             chunk_overlap=chunk_overlap,
-            previous=previous,
+            previous_hashes=hashes,
             progress=progress,
         )
         return DryRun(
             plan,
-            previous.manifest.index_id if previous is not None else None,
-            previous.manifest.embedding.dim if previous is not None else None,
+            manifest.index_id if manifest is not None else None,
+            manifest.embedding.dim if manifest is not None else None,
         )
 
 
 def _current(
-    store: Store, channel: str | None, embedder: Embedder, tmp: Path
-) -> tuple[str | None, Artifact | None]:
-    """The channel's ETag (for the final compare-and-swap), and its index when that was built
-    with the same model (other models' vectors cannot be reused)."""
+    store: Store, channel: str | None, embedder: Embedder
+) -> tuple[str | None, Manifest | None]:
+    """The channel's ETag (for the final compare-and-swap), and its index's manifest when that
+    index was built with the same model (other models' vectors cannot be reused)."""
     if not channel:
         return None, None
     channel_key(channel)  # refuse a bad name before an hour of embedding, not after
@@ -125,4 +142,4 @@ def _current(
         embedder.model,
     ):
         return etag, None
-    return etag, fetch_artifact(store, manifest, tmp / "previous")
+    return etag, manifest

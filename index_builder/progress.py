@@ -101,11 +101,14 @@ class Progress:
         started = time.perf_counter()
         try:
             yield phase
-        finally:
+        except BaseException:
             phase.seconds = time.perf_counter() - started
-            if phase._bar is not None:
-                phase._bar.close()
-                phase._bar = None
+            phase.notes.append("failed")
+            self.phases.append(phase)
+            logger.info("%s: failed after %s in %.1f s", name, phase.amount, phase.seconds)
+            raise
+        else:
+            phase.seconds = time.perf_counter() - started
             self.phases.append(phase)
             if not self.bars:
                 logger.info(
@@ -115,6 +118,10 @@ class Progress:
                     phase.seconds,
                     f" ({phase.rate})" if phase.rate else "",
                 )
+        finally:
+            if phase._bar is not None:
+                phase._bar.close()
+                phase._bar = None
 
     def summary(self) -> str:
         """The phases as a table."""
