@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from functions.artifact import Artifact
 from functions.catalog import fetch_artifact
 from functions.embeddings import OllamaEmbedder
+from functions.logs import Redactor
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.job import run_build
@@ -37,6 +40,24 @@ for _name in [name for name in os.environ if name.startswith("RAG_")] + [
     "OLLAMA_HOST",
 ]:
     os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Entrypoints called in-process (the builder's main) configure logging for a process; undo
+    that after each test so that no test sees another's handler, redaction filter or hooks."""
+    levels = {name: logging.getLogger(name).level for name in ("", "functions", "index_builder")}
+    hooks = threading.excepthook, sys.excepthook
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__module__ == "functions.logs":  # the entrypoint's stderr handler
+            root.removeHandler(handler)
+        for redactor in [f for f in handler.filters if isinstance(f, Redactor)]:
+            handler.removeFilter(redactor)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    threading.excepthook, sys.excepthook = hooks
 
 
 @pytest.fixture(scope="session")
