@@ -59,18 +59,25 @@ class _Pump:
     def _run(self) -> None:
         try:
             for token in self.tokens:
-                if self.stop.is_set():
+                if self.stop.is_set() or not self._put(token):
                     break
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, token)
             else:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, _DONE)
+                self._put(_DONE)
         except BaseException as exc:
             if not self.stop.is_set():
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, exc)
+                self._put(exc)
         finally:
             close = getattr(self.tokens, "close", None)
             if close is not None:
                 close()  # here, in the thread that iterated it: stops the LLM's HTTP stream
+
+    def _put(self, item: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (the server stopped): stop reading
+            self.stop.set()
+            return False
+        return True
 
     async def get(self) -> Any:
         return await self.queue.get()
