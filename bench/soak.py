@@ -107,6 +107,16 @@ def function(env: dict[str, str], work: Path, name: str) -> Iterator[tuple[int, 
             shutil.rmtree(env["RAG_CACHE_DIR"], ignore_errors=True)
 
 
+def problems(log: Path, after: int = 0) -> list[str]:
+    """The function's warnings and errors (past the first ``after``): why a request failed."""
+    lines = [
+        line.strip()
+        for line in log.read_text(errors="replace").splitlines()
+        if ("WARNING" in line or "ERROR" in line) and "no API key configured" not in line
+    ]
+    return lines[after:]
+
+
 def readyz(port: int) -> dict[str, Any]:
     status, body = request(port, "GET", "/readyz")
     return {"status": status, **json.loads(body)}
@@ -164,6 +174,7 @@ def run_soak(
     results: dict[str, Any] = {}
     with function(env, work, "soak") as (port, pid):
         results["steady"] = steady = drive(port, bodies, concurrency, requests)
+        steady["function_log"] = problems(work / "function-soak.log")
         _print("steady", steady)
 
         # The same load with hot reloads spread over it, alternating between the two indexes.
@@ -197,6 +208,7 @@ def run_soak(
             raise failure[0]
         state = readyz(port)
         reloading.update(
+            function_log=problems(work / "function-soak.log", after=len(steady["function_log"])),
             reloads_done=len(durations),
             reload_s=percentiles(durations),
             reload_outcomes=state["reloads"],

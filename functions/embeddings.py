@@ -125,10 +125,25 @@ class OllamaQueryEmbedder:
         self._client = httpx.Client(base_url=ollama_base_url(host), timeout=timeout_s)
         self._http_error = httpx.HTTPError
         self._timeout = httpx.TimeoutException
+        # A pooled keep-alive connection the server closed just as it was reused fails at once
+        # (no bytes were answered); embedding is idempotent, so one immediate retry on a fresh
+        # connection is safe. Timeouts are not retried: the deadline would pass.
+        self._dropped = (
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            httpx.WriteError,
+            httpx.ConnectError,
+        )
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        try:
+            return self._client.post("/api/embed", json=body)
+        except self._dropped:
+            return self._client.post("/api/embed", json=body)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         try:
-            response = self._client.post("/api/embed", json={"model": self.model, "input": texts})
+            response = self._post({"model": self.model, "input": texts})
         except self._timeout as exc:
             raise UpstreamTimeout(
                 f"Ollama at {self._client.base_url} did not answer in time"

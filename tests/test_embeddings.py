@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import socket
+import threading
+
 import numpy as np
 import pytest
 
@@ -52,3 +56,37 @@ def test_ollama_host_without_scheme(ollama: Ollama) -> None:
     assert isinstance(embedder, OllamaQueryEmbedder)
     assert embedder.model == "nomic-embed-text"
     assert embedder.embed_query("x").shape == (64,)
+
+
+def test_a_connection_dropped_before_any_answer_is_tried_once_more() -> None:
+    # What a keep-alive connection closed by the server just as it is reused looks like: the
+    # request goes out and the connection closes with no answer. A raw socket server plays it.
+    body = json.dumps({"embeddings": [[1.0, 0.0]]}).encode()
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    connections: list[str] = []
+
+    def serve() -> None:
+        for n in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                if n == 0:
+                    connections.append("dropped")  # closes without a byte of answer
+                else:
+                    connections.append("answered")
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    embedder = OllamaQueryEmbedder("m", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    np.testing.assert_allclose(embedder.embed_query("x"), [1.0, 0.0])
+    thread.join(5)
+    listener.close()
+    assert connections == ["dropped", "answered"]
