@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,23 +45,30 @@ def read_files_s(store_uri: str, index_id: str) -> float:
 
 
 def outcomes(
-    port: int, bodies: list[bytes], concurrency: int, total: int
+    port: int,
+    bodies: list[bytes],
+    concurrency: int,
+    total: int,
+    busy: Callable[[], bool] | None = None,
 ) -> tuple[list[tuple[int, float, str]], float]:
-    """``total`` POST /query over ``concurrency`` keep-alive connections: each request's status,
-    seconds and X-Index-Id, and the wall time. A connection error counts as status 0 and the
-    worker reconnects: nothing is lost silently."""
+    """``total`` POST /query over ``concurrency`` keep-alive connections (more while ``busy()``
+    says something else still needs the load): each request's status, seconds and X-Index-Id,
+    and the wall time. A connection error counts as status 0 and the worker reconnects: nothing
+    is lost silently."""
     results: list[tuple[int, float, str]] = []
-    counter = iter(range(total))
+    issued = 0
     lock = threading.Lock()
 
     def worker() -> None:
+        nonlocal issued
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         headers = {"Content-Type": "application/json"}
         while True:
             with lock:
-                n = next(counter, None)
-            if n is None:
-                break
+                n = issued
+                if n >= total and (busy is None or not busy()):
+                    break
+                issued += 1
             started = time.perf_counter()
             try:
                 conn.request("POST", "/query", body=bodies[n % len(bodies)], headers=headers)

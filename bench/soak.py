@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,16 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": ordered[-1] * 1000}
 
 
-def drive(port: int, bodies: list[bytes], concurrency: int, total: int) -> dict[str, Any]:
-    """``total`` POST /query at ``concurrency``; statuses, latencies by status, served ids."""
-    results, wall = outcomes(port, bodies, concurrency, total)
+def drive(
+    port: int,
+    bodies: list[bytes],
+    concurrency: int,
+    total: int,
+    busy: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """``total`` POST /query at ``concurrency`` (more while ``busy()``); statuses, latencies by
+    status, served ids."""
+    results, wall = outcomes(port, bodies, concurrency, total, busy)
     statuses = Counter(status for status, _, _ in results)
     by_status = {
         str(code): percentiles([s for status, s, _ in results if status == code])
@@ -201,7 +208,9 @@ def run_soak(
         running.set()
         thread = threading.Thread(target=reloader, name="reloader")
         thread.start()
-        reloading = drive(port, bodies, concurrency, requests)
+        # If the reloads take longer than the requests, the load goes on until they are done:
+        # every reload happens under load.
+        reloading = drive(port, bodies, concurrency, requests, busy=thread.is_alive)
         running.clear()
         thread.join()
         if failure:

@@ -47,7 +47,9 @@ def test_no_request_fails_under_load_reloads_or_overload(
     )
     steady, reloading, overload = results["steady"], results["with_reloads"], results["overload"]
     assert steady["statuses"] == {"200": 1500}, steady["function_log"]
-    assert reloading["statuses"] == {"200": 1500}, reloading["function_log"]
+    # (the load goes on past 1,500 requests if the reloads need longer)
+    assert set(reloading["statuses"]) == {"200"}, reloading["function_log"]
+    assert reloading["requests"] >= 1500
     assert (reloading["reloads_done"], reloading["reload_outcomes"]) == (4, {"succeeded": 4})
     assert reloading["served_index_ids"] == sorted(ids)  # both indexes answered during the run
     # Beyond the limit: refused at once with 503, never queued into a timeout or a 5xx crash.
