@@ -35,7 +35,7 @@ from .guards import ApiKeys, Limits
 from .loader import IndexLoader
 from .metrics import Metrics
 from .problems import Problem as ProblemModel
-from .problems import problem, problem_responses
+from .problems import problem, problem_body, problem_responses
 from .schemas import QUERY_RESPONSE_EXAMPLE, ChatRequest, QueryRequest, QueryResponse
 from .service import AnswerStream, QueryResult
 from .settings import Settings, api_keys
@@ -182,13 +182,8 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     def render(result: QueryResult) -> dict[str, Any]:
         return QueryResponse.model_validate(result, from_attributes=True).model_dump(mode="json")
 
-    def problem_body(exc: RagError) -> dict[str, Any]:
-        return {
-            "type": "about:blank",
-            "title": exc.title,
-            "status": exc.status,
-            "detail": exc.public,
-        }
+    def error_body(exc: RagError) -> dict[str, Any]:
+        return problem_body(exc.status, exc.public, exc.title)
 
     async def streamed(
         request: Request, query: str, top_k: int, filters: dict[str, Any], **how: Any
@@ -215,7 +210,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             abandoned.set()
             raise DeadlineExceeded(f"no answer within {settings.request_timeout_s:g} s") from exc
         return StreamingResponse(
-            stream_events(stream, first, render, problem_body),
+            stream_events(stream, first, render, error_body),
             media_type=MEDIA_TYPE,
             headers={"X-Index-Id": stream.index_id, "Cache-Control": "no-cache"},
         )

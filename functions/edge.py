@@ -8,7 +8,6 @@ request runs carries it (threads the request starts included).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
 from .metrics import Metrics
+from .problems import send_problem
 
 __all__ = ["Edge", "pick_request_id"]
 
@@ -26,12 +26,6 @@ access = logging.getLogger("functions.access")
 errors = logging.getLogger("functions.errors")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_INTERNAL = {
-    "type": "about:blank",
-    "title": "Internal error",
-    "status": 500,
-    "detail": "an unexpected error occurred",
-}
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -94,18 +88,7 @@ class Edge:
             # problem (if nothing was sent yet) that still says which request it was.
             errors.exception("%s %s failed", scope["method"], scope["path"])
             if not responded:
-                body = json.dumps(_INTERNAL).encode()
-                await tracked(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/problem+json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await tracked({"type": "http.response.body", "body": body})
+                await send_problem(tracked, 500, "an unexpected error occurred", "Internal error")
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started

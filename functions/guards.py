@@ -15,24 +15,11 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import problem
+from .problems import send_problem
 
 __all__ = ["OPEN_PATHS", "ApiKeys", "Limits"]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-async def _problem(
-    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
-) -> None:
-    # A pure ASGI answer with the body every other error of the app has.
-    response = problem(status, detail)
-    response.headers.update(headers or {})
-    await response({"type": "http"}, _no_body, send)
-
-
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class ApiKeys:
@@ -56,11 +43,11 @@ class ApiKeys:
         if offered and any(matches):
             await self.app(scope, receive, send)
             return
-        await _problem(
+        await send_problem(
             send,
             401,
             "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
-            {"WWW-Authenticate": 'Bearer realm="knative-rag"'},
+            headers={"WWW-Authenticate": 'Bearer realm="knative-rag"'},
         )
 
 
@@ -86,11 +73,14 @@ class Limits:
             return
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await _problem(send, 413, f"request body over {self.max_body_bytes} bytes")
+            await send_problem(send, 413, f"request body over {self.max_body_bytes} bytes")
             return
         if self.in_flight >= self.max_concurrency:
-            await _problem(
-                send, 503, "too many requests in flight; retry shortly", {"Retry-After": "1"}
+            await send_problem(
+                send,
+                503,
+                "too many requests in flight; retry shortly",
+                headers={"Retry-After": "1"},
             )
             return
         self.in_flight += 1
@@ -115,6 +105,6 @@ class Limits:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await _problem(send, 413, f"request body over {self.max_body_bytes} bytes")
+                await send_problem(send, 413, f"request body over {self.max_body_bytes} bytes")
         finally:
             self.in_flight -= 1

@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import Message, Send
 
-__all__ = ["Problem", "problem", "problem_responses"]
+__all__ = ["Problem", "problem", "problem_body", "problem_responses", "send_problem"]
 
 
 class Problem(BaseModel):
@@ -39,7 +40,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         title, detail = _EXAMPLES.get(status, (HTTPStatus(status).phrase, "what went wrong"))
-        example = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        example = problem_body(status, detail, title)
         responses[status] = {
             "description": HTTPStatus(status).phrase,
             "content": {"application/problem+json": {"schema": schema, "example": example}},
@@ -47,14 +48,37 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
-def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {
+def problem_body(status: int, detail: str, title: str | None = None) -> dict[str, Any]:
+    """The JSON of an RFC 9457 problem (also an SSE ``error`` event's data)."""
+    return {
         "type": "about:blank",
         "title": title or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
     }
+
+
+def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem response."""
     return JSONResponse(
-        {**body, **extra}, status_code=status, media_type="application/problem+json"
+        {**problem_body(status, detail, title), **extra},
+        status_code=status,
+        media_type="application/problem+json",
     )
+
+
+async def send_problem(
+    send: Send,
+    status: int,
+    detail: str,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A problem answered from plain ASGI middleware, before or outside the app's handlers."""
+    response = problem(status, detail, title)
+    response.headers.update(headers or {})
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
