@@ -36,7 +36,16 @@ from .loader import IndexLoader
 from .metrics import Metrics
 from .problems import Problem as ProblemModel
 from .problems import problem, problem_body, problem_responses
-from .schemas import QUERY_RESPONSE_EXAMPLE, ChatRequest, QueryRequest, QueryResponse
+from .schemas import (
+    EVENT_EXAMPLE,
+    METRICS_EXAMPLE,
+    QUERY_RESPONSE_EXAMPLE,
+    READY_EXAMPLE,
+    SSE_EXAMPLE,
+    ChatRequest,
+    QueryRequest,
+    QueryResponse,
+)
 from .service import AnswerStream, QueryResult
 from .settings import Settings, api_keys
 from .sse import MEDIA_TYPE, stream_events, wants_events
@@ -140,7 +149,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         summary="Prometheus metrics: requests, latency, cold start, the index, reloads.",
         response_class=PlainTextResponse,
         responses={
-            200: {"content": {"text/plain": {"example": _METRICS_EXAMPLE}}},
+            200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}},
             **problem_responses(401),
         },
     )
@@ -159,7 +168,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         "/readyz",
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
         responses={
-            200: {"content": {"application/json": {"example": _READY_EXAMPLE}}},
+            200: {"content": {"application/json": {"example": READY_EXAMPLE}}},
             **problem_responses(503),
         },
     )
@@ -216,7 +225,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         )
 
     streams: dict[int | str, dict[str, Any]] = {
-        200: {"content": {MEDIA_TYPE: {"example": _SSE_EXAMPLE}}}
+        200: {"content": {MEDIA_TYPE: {"example": SSE_EXAMPLE}}}
     }
 
     @app.post(
@@ -285,11 +294,11 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 "content": {
                     "application/cloudevents+json": {
                         "schema": {"type": "object"},
-                        "example": _EVENT_EXAMPLE,
+                        "example": EVENT_EXAMPLE,
                     },
                     "application/json": {
                         "schema": {"type": "object"},
-                        "example": _EVENT_EXAMPLE["data"],
+                        "example": EVENT_EXAMPLE["data"],
                     },
                 },
             }
@@ -369,38 +378,6 @@ def _query_request(data: Any) -> QueryRequest:
         raise InvalidEvent(
             f"the query request's data is not a valid /query body: {fields}"
         ) from exc
-
-
-_METRICS_EXAMPLE = (
-    "# HELP knative_rag_requests_total HTTP requests answered, by route template, method and "
-    "status.\n# TYPE knative_rag_requests_total counter\n"
-    'knative_rag_requests_total{method="POST",route="/query",status="200"} 42.0\n'
-    'knative_rag_index_info{embed_model="nomic-embed-text",embed_provider="ollama",'
-    'format_version="1",index_id="20261127-081500-3f2a9c1d",revision="rag-query-00002"} 1.0\n'
-)
-_READY_EXAMPLE = {
-    "status": "ready",
-    "index_id": "20261127-081500-3f2a9c1d",
-    "started_at": 1795770000.1,
-    "ready_at": 1795770000.9,
-    "timings_s": {"imports": 0.41, "fetch_and_verify": 0.62, "map": 0.001, "model_check": 0.02},
-    "reloads": {"succeeded": 1},
-}
-_EVENT_EXAMPLE = {
-    "specversion": "1.0",
-    "type": "dev.knative-rag.query.request",
-    "source": "my-app/questions",
-    "id": "b6c0d2d4-1f3a-4c44-9d0e-0a6c7f1e2b3c",
-    "datacontenttype": "application/json",
-    "data": {"query": "How do channels move?", "mode": "retrieve", "top_k": 3},
-}
-_SSE_EXAMPLE = (
-    'event: token\ndata: {"text":"A channel moves"}\n\n'
-    'event: token\ndata: {"text":" by compare-and-swap [1]."}\n\n'
-    'event: end\ndata: {"answer":"A channel moves by compare-and-swap [1].",'
-    '"answer_type":"generated","sources":[...],"cited":["channels.md#2"],'
-    '"index_id":"20261127-081500-3f2a9c1d"}\n\n'
-)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -1,4 +1,5 @@
-"""The HTTP API's request and response bodies, with the examples ``/docs`` shows."""
+"""The HTTP API's request and response bodies, and the examples ``/docs`` shows for them and
+for the routes without a body model (readiness, metrics, CloudEvents, SSE)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "EVENT_EXAMPLE",
     "MAX_MESSAGES",
+    "METRICS_EXAMPLE",
     "QUERY_RESPONSE_EXAMPLE",
+    "READY_EXAMPLE",
+    "SSE_EXAMPLE",
     "ChatRequest",
     "Message",
     "QueryRequest",
@@ -145,3 +150,35 @@ class QueryResponse(BaseModel):
         "retrieve mode.",
     )
     index_id: str = Field(description="The index that answered.")
+
+
+METRICS_EXAMPLE = (
+    "# HELP knative_rag_requests_total HTTP requests answered, by route template, method and "
+    "status.\n# TYPE knative_rag_requests_total counter\n"
+    'knative_rag_requests_total{method="POST",route="/query",status="200"} 42.0\n'
+    'knative_rag_index_info{embed_model="nomic-embed-text",embed_provider="ollama",'
+    'format_version="1",index_id="20261127-081500-3f2a9c1d",revision="rag-query-00002"} 1.0\n'
+)
+READY_EXAMPLE = {
+    "status": "ready",
+    "index_id": "20261127-081500-3f2a9c1d",
+    "started_at": 1795770000.1,
+    "ready_at": 1795770000.9,
+    "timings_s": {"imports": 0.41, "fetch_and_verify": 0.62, "map": 0.001, "model_check": 0.02},
+    "reloads": {"succeeded": 1},
+}
+EVENT_EXAMPLE = {
+    "specversion": "1.0",
+    "type": "dev.knative-rag.query.request",
+    "source": "my-app/questions",
+    "id": "b6c0d2d4-1f3a-4c44-9d0e-0a6c7f1e2b3c",
+    "datacontenttype": "application/json",
+    "data": {"query": "How do channels move?", "mode": "retrieve", "top_k": 3},
+}
+SSE_EXAMPLE = (
+    'event: token\ndata: {"text":"A channel moves"}\n\n'
+    'event: token\ndata: {"text":" by compare-and-swap [1]."}\n\n'
+    'event: end\ndata: {"answer":"A channel moves by compare-and-swap [1].",'
+    '"answer_type":"generated","sources":[...],"cited":["channels.md#2"],'
+    '"index_id":"20261127-081500-3f2a9c1d"}\n\n'
+)

@@ -234,9 +234,7 @@ class QueryService:
                 tokens, nodes = answerer.stream(query, top_k, filters)
             else:
                 tokens, nodes = answerer.stream_chat(history, query, top_k, filters)
-        stream = self._generated(nodes)
-        stream.tokens = tokens
-        return stream
+        return self._generated(nodes, tokens)
 
     def _extractive(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         vector = self.embed_query(query)
@@ -245,11 +243,11 @@ class QueryService:
         sources = [_source(hit) for hit in hits]
         return QueryResult(text, "extractive", sources, self.index_id, cited)
 
-    def _generated(self, nodes: list[Any]) -> AnswerStream:
+    def _generated(self, nodes: list[Any], tokens: Iterator[str] | None = None) -> AnswerStream:
         from .engine import unlabelled
 
         sources = [Source(*fields) for fields in unlabelled(nodes)]
-        return AnswerStream(sources, "generated", self.index_id, iter(()))
+        return AnswerStream(sources, "generated", self.index_id, tokens or iter(()))
 
     def warm(self) -> None:
         """Build the LLM answerer now (in a background thread), not at the first answer."""
