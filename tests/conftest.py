@@ -151,6 +151,30 @@ def settings_for(
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def build_index(store_uri: str, ollama: Ollama, source: Path, channel: str | None = "stable"):
+    """Build ``source`` with the double's nomic-embed-text in small chunks, publish it, move
+    ``channel``; returns the manifest."""
+    return run_build(
+        open_store(store_uri),
+        str(source),
+        OllamaEmbedder("nomic-embed-text", ollama.url),
+        channel=channel,
+        chunk_size=64,
+        chunk_overlap=8,
+    )
+
+
+def function_env(store_uri: str, ollama: Ollama, tmp_path: Path) -> dict[str, str]:
+    """The environment of a ``python -m functions`` process serving ``store_uri`` (retrieve)."""
+    return {
+        **os.environ,
+        "RAG_STORE_URI": store_uri,
+        "RAG_CACHE_DIR": str(tmp_path / "cache"),
+        "OLLAMA_HOST": ollama.url,
+        "RAG_LLM_PROVIDER": "none",
+    }
+
+
 @dataclass(frozen=True)
 class Published:
     """An index built by the builder and published to a fresh bucket in moto (module scope)."""
@@ -169,14 +193,6 @@ def published(
     boto3.client("s3").create_bucket(Bucket=bucket)
     store_uri = f"s3://{bucket}/rag"
     source = write_corpus(tmp_path_factory.mktemp("corpus"), documents=5)
-    embedder = OllamaEmbedder("nomic-embed-text", _ollama_server.url)
-    manifest = run_build(
-        open_store(store_uri),
-        str(source),
-        embedder,
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    )
+    manifest = build_index(store_uri, _ollama_server, source)
     artifact = fetch_artifact(open_store(store_uri), manifest, tmp_path_factory.mktemp("reference"))
     return Published(store_uri, manifest.index_id, artifact)

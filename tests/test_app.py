@@ -13,12 +13,10 @@ import pytest
 
 from functions.app import create_app
 from functions.catalog import index_key, read_manifest
-from functions.embeddings import OllamaEmbedder
 from functions.settings import Settings
 from functions.storage import open_store
-from index_builder.job import run_build
 
-from .conftest import Ollama, Published, settings_for
+from .conftest import Ollama, Published, build_index, settings_for
 from .servers import serve
 
 
@@ -190,14 +188,7 @@ def test_corrupted_artifact_is_never_served(
     ollama: Ollama, s3_uri: str, corpus: Path, tmp_path: Path
 ) -> None:
     store = open_store(s3_uri)
-    manifest = run_build(
-        store,
-        str(corpus),
-        OllamaEmbedder("nomic-embed-text", ollama.url),
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    )
+    manifest = build_index(s3_uri, ollama, corpus)
     key = index_key(manifest.index_id, "vectors.f32")
     data = bytearray(store.get(key).data)
     data[100] ^= 0x01

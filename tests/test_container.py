@@ -24,11 +24,9 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from functions.catalog import read_channel, read_manifest
-from functions.embeddings import OllamaEmbedder
 from functions.storage import open_store
-from index_builder.job import run_build
 
-from .conftest import Ollama, write_corpus
+from .conftest import Ollama, build_index, write_corpus
 from .servers import strict_container
 from .test_supply_chain import locked
 
@@ -91,15 +89,7 @@ def _strict(name: str, port: int, env: dict[str, str]) -> list[str]:
 
 @pytest.fixture
 def published(s3_uri: str, ollama: Ollama, tmp_path: Path) -> tuple[str, str]:
-    source = write_corpus(tmp_path / "corpus", documents=8)
-    manifest = run_build(
-        open_store(s3_uri),
-        str(source),
-        OllamaEmbedder("nomic-embed-text", ollama.url),
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    )
+    manifest = build_index(s3_uri, ollama, write_corpus(tmp_path / "corpus", documents=8))
     return s3_uri, manifest.index_id
 
 

@@ -29,15 +29,13 @@ from starlette.routing import Route
 
 from functions.app import create_app
 from functions.catalog import index_key, read_manifest
-from functions.embeddings import OllamaEmbedder
 from functions.errors import InvalidEvent
 from functions.events import INDEX_PUBLISHED, QUERY_REQUEST, QUERY_RESPONSE, parse
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.__main__ import main as builder
-from index_builder.job import run_build
 
-from .conftest import Ollama, Published, settings_for, write_corpus
+from .conftest import Ollama, Published, build_index, settings_for, write_corpus
 from .servers import serve
 
 QUERY = {"query": "facts about rivers", "mode": "retrieve", "top_k": 3}
@@ -217,23 +215,11 @@ def test_a_pinned_revision_ignores_index_published(
         assert ready(client)["reloads"] == {}
 
 
-def build(store_uri: str, ollama: Ollama, source: Path) -> str:
-    embedder = OllamaEmbedder("nomic-embed-text", ollama.url)
-    return run_build(
-        open_store(store_uri),
-        str(source),
-        embedder,
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    ).index_id
-
-
 def test_reloads_swap_atomically_under_concurrent_queries(
     s3_uri: str, ollama: Ollama, tmp_path: Path
 ) -> None:
     source = write_corpus(tmp_path / "docs", documents=4)
-    build(s3_uri, ollama, source)
+    build_index(s3_uri, ollama, source)
     failures: list[int] = []
     served: set[str] = set()
     stop = threading.Event()
@@ -256,7 +242,7 @@ def test_reloads_swap_atomically_under_concurrent_queries(
             (source / f"new-{n}.md").write_text(
                 f"# Update {n}\n\nA new document number {n} about lakes.\n"
             )
-            ids.append(build(s3_uri, ollama, source))
+            ids.append(build_index(s3_uri, ollama, source).index_id)
             assert (
                 send(
                     client,
@@ -280,11 +266,11 @@ def test_reloads_swap_atomically_under_concurrent_queries(
 
 def test_a_failed_reload_keeps_the_old_index(s3_uri: str, ollama: Ollama, tmp_path: Path) -> None:
     source = write_corpus(tmp_path / "docs", documents=3)
-    first = build(s3_uri, ollama, source)
+    first = build_index(s3_uri, ollama, source).index_id
     with function(settings_for(s3_uri, ollama, tmp_path, llm_provider="none")) as client:
         ready(client)
         (source / "more.md").write_text("# More\n\nAnother document.\n")
-        second = build(s3_uri, ollama, source)
+        second = build_index(s3_uri, ollama, source).index_id
         store = open_store(s3_uri)
         data = bytearray(store.get(index_key(second, "vectors.f32")).data)
         data[0] ^= 0xFF

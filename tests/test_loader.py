@@ -12,14 +12,11 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from functions.embeddings import OllamaEmbedder
 from functions.loader import IndexLoader, MiB, index_budget, memory_limit
 from functions.s3 import S3Store
 from functions.settings import Settings
-from functions.storage import open_store
-from index_builder.job import run_build
 
-from .conftest import Ollama, Published, settings_for, write_corpus
+from .conftest import Ollama, Published, build_index, settings_for, write_corpus
 from .servers import Gate, serve
 
 
@@ -87,13 +84,13 @@ def test_a_reload_over_budget_keeps_the_old_index(
     s3_uri: str, ollama: Ollama, tmp_path: Path
 ) -> None:
     source = write_corpus(tmp_path / "docs", documents=2)
-    first = build(s3_uri, ollama, source)
+    first = build_index(s3_uri, ollama, source).index_id
     loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path, llm_provider="none"))
     service = loader.load()
     loader.budget = sum(entry.size for entry in service.index.artifact.manifest.files.values())
 
     (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
-    second = build(s3_uri, ollama, source)
+    second = build_index(s3_uri, ollama, source).index_id
     assert loader.request_reload()
     deadline = time.monotonic() + 30
     while loader.reloads != {"failed": 1}:
@@ -102,17 +99,6 @@ def test_a_reload_over_budget_keeps_the_old_index(
     assert loader.require() is service
     assert service.index_id == first
     assert not (tmp_path / "cache" / second).exists()
-
-
-def build(store_uri: str, ollama: Ollama, source: Path) -> str:
-    return run_build(
-        open_store(store_uri),
-        str(source),
-        OllamaEmbedder("nomic-embed-text", ollama.url),
-        channel="stable",
-        chunk_size=64,
-        chunk_overlap=8,
-    ).index_id
 
 
 def test_a_cold_start_retries_a_failing_store_with_backoff(
@@ -165,13 +151,13 @@ def store_behind(store_uri: str, endpoint: str, botocore_attempts: int | None = 
 
 def test_a_reload_lets_the_old_index_go(s3_uri: str, ollama: Ollama, tmp_path: Path) -> None:
     source = write_corpus(tmp_path / "docs", documents=2)
-    build(s3_uri, ollama, source)
+    build_index(s3_uri, ollama, source)
     loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path))  # answer mode: an LLM engine
     old = loader.load()
     old.warm()  # the LlamaIndex engine, which holds the service's embedder
     old.retrieve("rivers", 2, {})
     (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
-    build(s3_uri, ollama, source)
+    build_index(s3_uri, ollama, source)
     assert loader.request_reload()
     deadline = time.monotonic() + 30
     while loader.reloads != {"succeeded": 1}:

@@ -12,21 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Ollama, Published
+from .conftest import Ollama, Published, function_env
 from .servers import function_process
 
 
 def test_python_dash_m_functions_serves_and_stops_on_sigterm(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "RAG_STORE_URI": published.store_uri,
-        "RAG_CACHE_DIR": str(tmp_path / "cache"),
-        "OLLAMA_HOST": ollama.url,
-        "RAG_LLM_PROVIDER": "none",
-    }
-    with function_process(env) as running:
+    with function_process(function_env(published.store_uri, ollama, tmp_path)) as running:
         response = running.client.post("/query", json={"query": "facts", "mode": "retrieve"})
         assert response.status_code == 200
         assert response.headers["x-index-id"] == published.index_id

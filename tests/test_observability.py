@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from functions.edge import pick_request_id
 from functions.logs import JsonFormatter, Redactor, configure, request_id
 
-from .conftest import Ollama, Published, settings_for
+from .conftest import Ollama, Published, function_env, settings_for
 from .servers import function_process
 from .test_app import function, wait_ready
 
@@ -144,14 +143,7 @@ def test_json_lines_carry_the_request_id_and_fields() -> None:
 def test_the_process_logs_one_json_line_per_request(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "RAG_STORE_URI": published.store_uri,
-        "RAG_CACHE_DIR": str(tmp_path / "cache"),
-        "OLLAMA_HOST": ollama.url,
-        "RAG_LLM_PROVIDER": "none",
-    }
-    with function_process(env) as running:
+    with function_process(function_env(published.store_uri, ollama, tmp_path)) as running:
         body = {"query": "rivers", "mode": "retrieve"}
         running.client.post("/query", json=body, headers={"X-Request-Id": "req-one"})
         running.client.post("/query", json={"query": ""}, headers={"X-Request-Id": "req-two"})
