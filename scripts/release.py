@@ -2,14 +2,25 @@
 
     python -m scripts.release status
     python -m scripts.release init <index id>    # the first deployment: that index at 100 %
+    python -m scripts.release init <index id> --force   # start over: drop every other revision
     python -m scripts.release green <index id>   # the new index's revision at 0 %, tag green
     python -m scripts.release shift <percent>    # send <percent> of requests to green
     python -m scripts.release promote            # green takes 100 %; the old one stays, tagged
-    python -m scripts.release rollback           # all traffic back to the other revision
+    python -m scripts.release rollback           # undo the last move of traffic (see below)
+
+The traffic block names at most three revisions, each once: ``current``, ``green`` (the candidate)
+and ``previous`` (the rollback target, kept at 0 % so Knative keeps it). ``rollback`` takes the
+traffic back from a green that has some; otherwise it swaps current and previous.
 
 Each step rewrites knative/overlays/prod/release.yaml, renders the overlay with kubectl kustomize,
-and refuses (restoring the file, exit 1) anything Knative's webhook would reject. Apply with
-``kubectl apply -k knative/overlays/prod``.
+and refuses anything Knative's webhook would reject. It also refuses a step that would drop a
+revision taking traffic or the rollback target, name one revision twice, or has nothing to act
+on: ``green`` of the revision already serving or of the previous one (use ``rollback``), a second
+``green`` while the first takes traffic, ``shift`` or ``promote`` with no green, ``rollback`` with
+nothing to go back to, and ``init`` once a revision of a real index (not the shipped example) is
+current, or a green or previous one exists, unless ``--force`` says to drop them. A refusal is one
+line ``refused: <reason>`` on stderr, exit status 1, and release.yaml byte for byte as it was.
+Apply with ``kubectl apply -k knative/overlays/prod``.
 """
 
 from __future__ import annotations
@@ -33,13 +44,24 @@ HEADER = """\
 # revision is named after the index id and pins it in RAG_INDEX (the first env entry of the
 # base), and `traffic` says how requests split between index versions.
 """
+TAGS = ("current", "green", "previous")
+EXAMPLE_ID = "20261127-081500-3f2a9c1d"
+
+Roles = dict[str, dict[str, Any]]
+
+
+class Refused(Exception):
+    """A step release.py will not take; the message says why."""
 
 
 def _load() -> tuple[str, list[dict[str, Any]]]:
-    ops = yaml.safe_load(RELEASE.read_text())
-    template = next(op["value"] for op in ops if op["path"] == "/spec/template/metadata/name")
-    traffic = next(op["value"] for op in ops if op["path"] == "/spec/traffic")
-    return template.removeprefix(f"{SERVICE}-"), traffic
+    try:
+        ops = yaml.safe_load(RELEASE.read_text())
+        template = next(op["value"] for op in ops if op["path"] == "/spec/template/metadata/name")
+        traffic = next(op["value"] for op in ops if op["path"] == "/spec/traffic")
+    except (yaml.YAMLError, StopIteration, KeyError, TypeError) as exc:
+        raise Refused(f"{RELEASE.name} is not one this script writes ({exc!r})") from exc
+    return str(template).removeprefix(f"{SERVICE}-"), traffic
 
 
 def _dump(index_id: str, traffic: list[dict[str, Any]]) -> str:
@@ -52,81 +74,181 @@ def _dump(index_id: str, traffic: list[dict[str, Any]]) -> str:
         },
         {"op": "add", "path": "/spec/traffic", "value": traffic},
     ]
-    return HEADER + yaml.safe_dump(ops, sort_keys=False)
+    return HEADER + str(yaml.safe_dump(ops, sort_keys=False))
 
 
 def _entry(index_id: str, percent: int, tag: str) -> dict[str, Any]:
     return {"revisionName": f"{SERVICE}-{index_id}", "percent": percent, "tag": tag}
 
 
-def _tagged(traffic: list[dict[str, Any]], tag: str) -> dict[str, Any] | None:
-    return next((entry for entry in traffic if entry.get("tag") == tag), None)
+def _roles(traffic: list[dict[str, Any]], where: str) -> Roles:
+    """The traffic block by tag, refused unless it names each revision once, in a known role."""
+    if any("revisionName" not in entry for entry in traffic):
+        raise Refused(f"{where} has a traffic entry without a revisionName")
+    revisions = [str(entry["revisionName"]) for entry in traffic]
+    twice = sorted({name for name in revisions if revisions.count(name) > 1})
+    if twice:
+        raise Refused(f"{where} names {', '.join(twice)} in more than one traffic entry")
+    tags = [entry.get("tag") for entry in traffic]
+    if len(set(tags)) != len(tags) or not set(tags) <= set(TAGS):
+        raise Refused(f"{where} has tags {tags}: each of current, green, previous at most once")
+    roles = {entry["tag"]: entry for entry in traffic}
+    if "current" not in roles:
+        raise Refused(f"{where} has no revision tagged current")
+    return roles
+
+
+def _released() -> tuple[str, Roles]:
+    """The template's index id and the traffic block by tag, as release.yaml has them now."""
+    index_id, traffic = _load()
+    try:
+        return index_id, _roles(traffic, RELEASE.name)
+    except Refused as exc:
+        raise Refused(f"{exc}: fix it, or start over with init <index id> --force") from exc
+
+
+def _index_id(command: str, args: list[str]) -> str:
+    if len(args) != 1 or not is_index_id(args[0]):
+        raise Refused(f"{command} needs one index id, like {EXAMPLE_ID}")
+    return args[0]
+
+
+def _init(args: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    force = "--force" in args
+    index_id = _index_id("init", [arg for arg in args if arg != "--force"])
+    if not force:
+        # Read (and so check) what is there only to refuse dropping it; --force needs neither.
+        roles = _released()[1]
+        # The shipped example revision exists on no cluster: replacing it is the first deployment.
+        spare = {f"{SERVICE}-{index_id}", f"{SERVICE}-{EXAMPLE_ID}"}
+        dropped = [
+            f"{tag} {entry['revisionName']}"
+            for tag, entry in roles.items()
+            if tag != "current" or entry["revisionName"] not in spare
+        ]
+        if dropped:
+            raise Refused(f"init would drop {', '.join(dropped)}: pass --force to start over")
+    return index_id, [_entry(index_id, 100, "current")]
+
+
+def _green(roles: Roles, args: list[str]) -> tuple[str, Roles]:
+    index_id = _index_id("green", args)
+    revision = f"{SERVICE}-{index_id}"
+    current, green, previous = roles["current"], roles.get("green"), roles.get("previous")
+    if revision == current["revisionName"]:
+        raise Refused(f"{index_id} is the current revision, already serving; nothing to roll out")
+    if previous is not None and revision == previous["revisionName"]:
+        raise Refused(f"{index_id} is the previous revision: use rollback instead")
+    if green is not None and green.get("percent", 0):
+        raise Refused("green already takes traffic: promote or roll back first")
+    # A green at 0 % may be replaced (it serves nobody); previous stays: it is still the way back.
+    return index_id, {
+        **roles,
+        "current": {**current, "percent": 100},
+        "green": _entry(index_id, 0, "green"),
+    }
+
+
+def _shift(roles: Roles, args: list[str]) -> Roles:
+    green = roles.get("green")
+    if green is None:
+        raise Refused("shift needs a green revision: deploy one with green <index id>")
+    if len(args) != 1 or not (args[0].isascii() and args[0].isdigit()) or int(args[0]) > 100:
+        raise Refused("shift needs one percent 0..100, like shift 10")
+    percent = int(args[0])
+    return {
+        **roles,
+        "current": {**roles["current"], "percent": 100 - percent},
+        "green": {**green, "percent": percent},
+    }
+
+
+def _promote(roles: Roles) -> Roles:
+    green = roles.get("green")
+    if green is None:
+        raise Refused("nothing to promote: deploy a green revision first")
+    # The old previous is dropped: the revision that served until now is the way back.
+    return {
+        "current": {**green, "percent": 100, "tag": "current"},
+        "previous": {**roles["current"], "percent": 0, "tag": "previous"},
+    }
+
+
+def _rollback(roles: Roles) -> Roles:
+    current, green, previous = roles["current"], roles.get("green"), roles.get("previous")
+    if green is not None and green.get("percent", 0):
+        return {**roles, "current": {**current, "percent": 100}, "green": {**green, "percent": 0}}
+    if previous is not None:
+        # A second rollback in a row swaps back. Both revisions stay in the block, so nothing is
+        # lost, and it is the only way back to the newer one: green refuses the previous revision.
+        return {
+            **roles,
+            "current": {**previous, "percent": 100, "tag": "current"},
+            "previous": {**current, "percent": 0, "tag": "previous"},
+        }
+    raise Refused(
+        "nothing to roll back to: no green takes traffic and no previous revision is kept"
+    )
 
 
 def step(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
     """The template's index id and the traffic block after one blue-green step."""
-    index_id, traffic = _load()
-    current, green, previous = (_tagged(traffic, t) for t in ("current", "green", "previous"))
-    if current is None:
-        raise SystemExit("release.yaml has no revision tagged current")
     if command == "init":
-        if len(args) != 1 or not is_index_id(args[0]):
-            raise SystemExit("init needs one index id, like 20261127-081500-3f2a9c1d")
-        return args[0], [_entry(args[0], 100, "current")]
+        return _init(args)
+    if command not in ("green", "shift", "promote", "rollback"):
+        raise Refused(f"unknown step {command!r}: status, init, green, shift, promote or rollback")
+    if "--force" in args:
+        raise Refused("--force is for init only")
+    if args and command in ("promote", "rollback"):
+        raise Refused(f"{command} takes no arguments")
+    index_id, roles = _released()
     if command == "green":
-        if len(args) != 1 or not is_index_id(args[0]):
-            raise SystemExit("green needs one index id, like 20261127-081500-3f2a9c1d")
-        if green is not None and green["percent"]:
-            raise SystemExit("green already takes traffic: promote or roll back first")
-        index_id = args[0]
-        return index_id, [{**current, "percent": 100}, _entry(index_id, 0, "green")]
-    if command == "shift":
-        if green is None or len(args) != 1 or not args[0].isdigit() or not 0 <= int(args[0]) <= 100:
-            raise SystemExit("shift needs a green revision and a percent 0..100")
-        percent = int(args[0])
-        return index_id, [{**current, "percent": 100 - percent}, {**green, "percent": percent}]
-    if command == "promote":
-        if green is None:
-            raise SystemExit("nothing to promote: deploy a green revision first")
-        return index_id, [
-            {**green, "percent": 100, "tag": "current"},
-            {**current, "percent": 0, "tag": "previous"},
-        ]
-    if command == "rollback":
-        if green is not None:
-            return index_id, [{**current, "percent": 100}, {**green, "percent": 0}]
-        if previous is not None:
-            return index_id, [
-                {**previous, "percent": 100, "tag": "current"},
-                {**current, "percent": 0, "tag": "previous"},
-            ]
-        raise SystemExit("nothing to roll back to")
-    raise SystemExit(f"unknown step {command!r}: status, init, green, shift, promote or rollback")
+        index_id, roles = _green(roles, args)
+    elif command == "shift":
+        roles = _shift(roles, args)
+    elif command == "promote":
+        roles = _promote(roles)
+    else:
+        roles = _rollback(roles)
+    after = [roles[tag] for tag in TAGS if tag in roles]
+    _roles(after, "the new traffic block")  # each revision once, in one role
+    return index_id, after
+
+
+def _apply(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """Take one step; restore release.yaml byte for byte if the rendered overlay breaks a rule."""
+    index_id, traffic = step(command, args)
+    before = RELEASE.read_bytes()
+    RELEASE.write_text(_dump(index_id, traffic))
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(RELEASE.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    problems = (
+        violations(list(yaml.safe_load_all(rendered.stdout)))
+        if rendered.returncode == 0
+        else [" ".join(rendered.stderr.split())]
+    )
+    if problems:
+        RELEASE.write_bytes(before)
+        raise Refused("; ".join(problems))
+    return index_id, traffic
 
 
 def main(argv: list[str]) -> int:
-    """Run one step; print the resulting traffic."""
-    if not argv or argv[0] == "status":
-        index_id, traffic = _load()
-    else:
-        before = RELEASE.read_text()
-        index_id, traffic = step(argv[0], argv[1:])
-        RELEASE.write_text(_dump(index_id, traffic))
-        rendered = subprocess.run(
-            ["kubectl", "kustomize", str(RELEASE.parent)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        problems = (
-            violations(list(yaml.safe_load_all(rendered.stdout)))
-            if rendered.returncode == 0
-            else [rendered.stderr]
-        )
-        if problems:
-            RELEASE.write_text(before)
-            print("refused:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return 1
+    """Run one step; print the resulting traffic, or why the step is refused (exit status 1)."""
+    try:
+        if not argv or argv[0] == "status":
+            if argv[1:]:
+                raise Refused("status takes no arguments")
+            index_id, traffic = _load()
+        else:
+            index_id, traffic = _apply(argv[0], argv[1:])
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
     print(f"template: {SERVICE}-{index_id}")
     for entry in traffic:
         print(f"  {entry['percent']:3d} %  {entry['revisionName']}  tag {entry.get('tag', '-')}")

@@ -21,6 +21,9 @@ from scripts.knative_rules import violations
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = Path(__file__).resolve().parent / "knative" / "crds"
 OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
+# The image name the base's workloads use; each overlay's images: block says which image it is.
+IMAGE = "knative-rag"
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 KUBERNETES = "1.32.0"
 # Read by boto3 from the environment (the code never names them); everything else must be a setting.
 BOTO3_VARIABLES = {
@@ -39,9 +42,9 @@ if shutil.which("kubectl") is None:
     pytest.skip("kubectl is not installed: it renders the kustomizations", allow_module_level=True)
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
+def render(overlay: str, root: Path = ROOT) -> list[dict[str, Any]]:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "knative" / overlay)],
+        ["kubectl", "kustomize", str(root / "knative" / overlay)],
         capture_output=True,
         text=True,
         check=True,
@@ -307,3 +310,52 @@ def test_triggers_route_the_function_s_event_types_without_loops(
         "name": "rag-index-builder",
     }
     assert binding["spec"]["sink"]["ref"]["kind"] == "Broker"
+
+
+def _images(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return {role: container["image"] for role, container in _containers(objects).items()}
+
+
+def test_the_base_leaves_the_image_to_the_overlays() -> None:
+    assert _images(render("base")) == {"service": IMAGE, "builder": IMAGE}
+
+
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"], ids=["dev", "prod"])
+def test_an_overlay_deploys_the_image_its_images_block_names(overlay: str) -> None:
+    kustomization = yaml.safe_load((ROOT / "knative" / overlay / "kustomization.yaml").read_text())
+    [entry] = [e for e in kustomization["images"] if e["name"] == IMAGE]
+    pin = f"@{entry['digest']}" if "digest" in entry else f":{entry['newTag']}"
+    assert _images(render(overlay)) == {
+        "service": entry["newName"] + pin,
+        "builder": entry["newName"] + pin,
+    }
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+@pytest.mark.parametrize(
+    ("entry", "image"),
+    [
+        (
+            {"newName": "registry.internal:5000/team/knative-rag", "newTag": "1.2.3"},
+            "registry.internal:5000/team/knative-rag:1.2.3",
+        ),
+        (
+            {"newName": "registry.internal:5000/team/knative-rag", "digest": DIGEST},
+            f"registry.internal:5000/team/knative-rag@{DIGEST}",
+        ),
+        ({"newName": "ghcr.io/acme/knative-rag"}, "ghcr.io/acme/knative-rag"),
+    ],
+    ids=["registry-port-tag", "digest", "name-only"],
+)
+def test_the_image_a_user_sets_in_the_overlay_is_the_one_deployed(
+    tmp_path: Path, overlay: str, entry: dict[str, str], image: str
+) -> None:
+    shutil.copytree(ROOT / "knative", tmp_path / "knative")
+    path = tmp_path / "knative" / "overlays" / overlay / "kustomization.yaml"
+    kustomization = yaml.safe_load(path.read_text())
+    kustomization["images"] = [{"name": IMAGE, **entry}]
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    assert _images(render(f"overlays/{overlay}", root=tmp_path)) == {
+        "service": image,
+        "builder": image,
+    }
