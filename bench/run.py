@@ -68,6 +68,7 @@ def build(
             str(source),
             "--channel",
             "stable",
+            "--create-channel",
         ]
         done = subprocess.run(
             command, env=env, cwd=ROOT, capture_output=True, text=True, check=True

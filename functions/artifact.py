@@ -248,13 +248,14 @@ def write_artifact(
             block_size=BLOCK_SIZE,
             blocks=block_hashes(path, BLOCK_SIZE),
         )
-    # Two builds of the same documents in the same second must not collide: the build time,
-    # to the microsecond, is part of what the id hashes.
+    # The id is the build time and a hash of what is served: the same documents, chunking and
+    # model give the same suffix. Two such builds in the same second get the same id, which is
+    # the same index (``publish`` then keeps the one already there).
     fingerprint = hashlib.sha256(
         json.dumps(
             [
-                created_at.isoformat(),
                 embedding.model_dump(),
+                chunking.model_dump(),
                 {n: f.sha256 for n, f in files.items()},
             ]
         ).encode()

@@ -18,10 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import IntegrityError, ObjectNotFound, StoreError, WriteConflict
+from .errors import ConfigurationError, IntegrityError, ObjectNotFound, StoreError, WriteConflict
 from .storage import Fetched, ObjectInfo, Versioned
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -47,6 +48,7 @@ def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
 
 
 _THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+_PREFLIGHT = ".knative-rag-preflight"  # never written: the key of the write check
 
 
 class S3Store:
@@ -86,6 +88,7 @@ class S3Store:
 
     @contextmanager
     def _translated(self, key: str) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -96,31 +99,74 @@ class S3Store:
         try:
             yield
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            where = f"{self.uri}/{key}"
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                raise ObjectNotFound(f"{where} does not exist") from exc
-            if code == "InvalidRange" or status == 416:
-                raise IntegrityError(f"{key} is shorter than its manifest says") from exc
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                raise WriteConflict(
-                    f"{where}: conditional write refused ({code or status})"
-                ) from exc
-            # 4xx other than throttling will not pass by itself: credentials, permissions, a
-            # missing bucket. 5xx, throttling and timeouts may.
-            transient = (
-                not isinstance(status, int) or status >= 500 or status in (408, 429)
-            ) or code in _THROTTLING
-            raise StoreError(
-                f"{where}: {code or status}: {error.get('Message', '')}", transient=transient
-            ) from exc
+            raise self._refusal(exc, key) from exc
+        except Boto3Error as exc:  # the transfer manager's own (S3UploadFailedError ...)
+            if isinstance(exc.__context__, ClientError):
+                raise self._refusal(exc.__context__, key) from exc
+            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
         except BotoCoreError as exc:
             transient = not isinstance(exc, NoCredentialsError | PartialCredentialsError)
             raise StoreError(
                 f"{self.uri}/{key}: {type(exc).__name__}: {exc}", transient=transient
             ) from exc
+
+    def _refusal(self, exc: ClientError, key: str) -> StoreError | IntegrityError:
+        """The error an S3 error answer means here."""
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        where = f"{self.uri}/{key}"
+        if code == "NoSuchBucket":  # before 404: a missing bucket is not a missing key
+            return StoreError(f"bucket {self.bucket!r} does not exist ({where})", transient=False)
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return ObjectNotFound(f"{where} does not exist")
+        if code == "InvalidRange" or status == 416:
+            return IntegrityError(f"{key} is shorter than its manifest says")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return WriteConflict(f"{where}: conditional write refused ({code or status})")
+        # 4xx other than throttling will not pass by itself: credentials, permissions. 5xx,
+        # throttling and timeouts may.
+        transient = (
+            not isinstance(status, int) or status >= 500 or status in (408, 429)
+        ) or code in _THROTTLING
+        return StoreError(
+            f"{where}: {code or status}: {error.get('Message', '')}", transient=transient
+        )
+
+    def check(self, *, write: bool = False) -> None:
+        """The bucket exists and these credentials may read it (and write under the prefix).
+
+        The write check is a ``PutObject`` with ``If-Match`` on a key that never exists: S3
+        checks permissions first, then answers 404 (or 412) and writes nothing. A server that
+        writes it anyway ignores conditional writes, and channels could not move safely.
+        """
+        from botocore.exceptions import ClientError
+
+        with self._translated(""):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # HEAD answers carry no error code, only the status
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (403, 404):
+                    raise StoreError(
+                        f"bucket {self.bucket!r} does not exist ({self.uri})"
+                        if status == 404
+                        else f"access to bucket {self.bucket!r} denied ({self.uri}): check "
+                        "the credentials and the bucket policy",
+                        transient=False,
+                    ) from exc
+                raise
+        if not write:
+            return
+        try:
+            self.put(_PREFLIGHT, b"", if_match='"knative-rag-preflight"')
+        except (ObjectNotFound, WriteConflict):
+            return  # allowed to write, and nothing was written
+        self.delete([_PREFLIGHT])
+        raise ConfigurationError(
+            f"{self.uri} ignores conditional writes (If-Match): channels cannot move safely "
+            "there; use AWS S3, MinIO or another server that supports them"
+        )
 
     def get(self, key: str) -> Versioned:
         """Read a small object with its ETag."""

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(
         64, ge=0, description="SentenceSplitter overlap in tokens (builder)."
     )
+    on_unreadable: Literal["skip", "fail"] = Field(
+        "skip",
+        description="Builder: a source file that cannot be read is skipped (and reported) or "
+        "fails the build.",
+    )
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )

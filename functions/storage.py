@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from .errors import ConfigurationError, ObjectNotFound, WriteConflict
+from .errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflict
 
 __all__ = [
     "Fetched",
@@ -93,6 +93,9 @@ class Store(Protocol):
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List the objects whose key starts with ``prefix``."""
+
+    def check(self, *, write: bool = False) -> None:
+        """Raise ``StoreError`` unless the store exists and can be read (and written)."""
 
     def abort_incomplete(
         self, prefix: str, before: datetime, *, dry_run: bool = False
@@ -220,6 +223,25 @@ class LocalStore:
             return Fetched(path, path.stat().st_size, block_hashes(path, block_size))
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
+
+    def check(self, *, write: bool = False) -> None:
+        """The folder exists and is readable; to write, it is created if absent and writable."""
+        try:
+            if write:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(dir=self.root, prefix=".tmp-preflight-")
+                os.close(fd)
+                os.unlink(probe)
+            elif not self.root.is_dir():
+                raise StoreError(f"store folder {self.root} does not exist", transient=False)
+            else:
+                os.listdir(self.root)
+        except OSError as exc:
+            raise StoreError(
+                f"store folder {self.root} cannot be {'written' if write else 'read'}: "
+                f"{exc.strerror}",
+                transient=False,
+            ) from exc
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List files under the prefix, skipping in-progress temporary files."""

@@ -7,6 +7,8 @@ while we worked (a concurrent publisher won the compare-and-swap; nothing was ov
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from functions.embeddings import make_embedder
@@ -23,18 +25,36 @@ from .publish import catalog, collect_garbage, promote
 
 EXIT_FAILED = 1
 EXIT_CONFLICT = 3
+_SKIPPED_IN_EVENT = 20  # the first skipped files named in index.published; all are counted
+
+
+def _keep(text: str) -> int:
+    """``gc --keep``: a whole number, 0 or more."""
+    try:
+        keep = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if keep < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {keep}")
+    return keep
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
+    # The global options are accepted before the command and after it (the README writes both):
+    # the commands get them too, defaulting to "not given" so they never undo a value given first.
     parser = argparse.ArgumentParser(
         prog="python -m index_builder", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--store", default=settings.store_uri, help="store URI (default: $RAG_STORE_URI)"
-    )
+    store_help = "store URI: s3://bucket/prefix, file:///path or a folder (default: $RAG_STORE_URI)"
+    parser.add_argument("--store", default=settings.store_uri, help=store_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="build an index from documents and publish it")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common])
+
+    build = command("build", "build an index from documents and publish it")
     build.add_argument(
         "--source",
         default=settings.source_uri,
@@ -42,6 +62,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="a folder or s3://bucket/prefix of documents (default: $RAG_SOURCE_URI)",
     )
     build.add_argument("--channel", help="move this channel to the new index (compare-and-swap)")
+    build.add_argument(
+        "--create-channel",
+        action="store_true",
+        help="create --channel if it does not exist yet (else a missing channel is an error)",
+    )
     build.add_argument(
         "--embed-provider", default=settings.embed_provider, choices=["ollama", "local"]
     )
@@ -57,22 +82,36 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     build.add_argument("--chunk-overlap", type=int, default=settings.chunk_overlap)
     build.add_argument("--batch-size", type=int, default=settings.embed_batch_size)
     build.add_argument(
+        "--on-unreadable",
+        choices=["skip", "fail"],
+        default=settings.on_unreadable,
+        help="a file that cannot be read (binary, not UTF-8, a corrupt PDF): leave it out with "
+        "a warning, or fail the build (default: $RAG_ON_UNREADABLE or skip)",
+    )
+    build.add_argument(
         "--dry-run",
         action="store_true",
         help="read and chunk, say what would be embedded, reused and uploaded; change nothing",
     )
 
-    commands.add_parser("list", help="list indexes and channels")
+    command("list", "list indexes and channels")
 
-    prom = commands.add_parser("promote", help="point a channel at an existing index")
+    prom = command("promote", "point a channel at an existing index")
     prom.add_argument("--channel", required=True)
     prom.add_argument("--index", required=True, help="index id")
     prom.add_argument(
         "--expect", help="refuse unless the channel currently points at this index id"
     )
+    prom.add_argument(
+        "--create-channel",
+        action="store_true",
+        help="create the channel if it does not exist yet (else that is an error)",
+    )
 
-    gc = commands.add_parser("gc", help="delete old indexes (never one a channel points to)")
-    gc.add_argument("--keep", type=int, required=True, help="newest complete indexes to keep")
+    gc = command("gc", "delete old indexes (never one a channel points to)")
+    gc.add_argument(
+        "--keep", type=_keep, required=True, help="newest complete indexes to keep (0 or more)"
+    )
     gc.add_argument("--dry-run", action="store_true")
     return parser
 
@@ -87,8 +126,10 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
     progress = Progress()  # bars on a terminal; one log line per phase in a CronJob
     options = {
         "channel": args.channel,
+        "create_channel": args.create_channel,
         "chunk_size": args.chunk_size,
         "chunk_overlap": args.chunk_overlap,
+        "on_unreadable": args.on_unreadable,
         "progress": progress,
     }
     if args.dry_run:
@@ -112,6 +153,13 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
                 phase.name: {"done": phase.done, "unit": phase.unit, "seconds": phase.seconds}
                 for phase in progress.phases
             },
+            "skipped": {
+                "files": len(progress.skipped),
+                "first": [
+                    {"source": source, "reason": reason}
+                    for source, reason in progress.skipped[:_SKIPPED_IN_EVENT]
+                ],
+            },
         }
         failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)
         if failure:
@@ -121,9 +169,10 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
             )
         else:
             print(f"announced {manifest.index_id} to K_SINK", file=sys.stderr)
+    skipped = f", {len(progress.skipped)} files skipped" if progress.skipped else ""
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
-        f"{counts.embedded} embedded, {counts.reused} reused, {human_bytes(size)}"
+        f"{counts.embedded} embedded, {counts.reused} reused, {human_bytes(size)}{skipped}"
         + (f"; channel {args.channel} moved" if args.channel else ""),
         file=sys.stderr,
     )
@@ -156,6 +205,8 @@ def _print_plan(run: DryRun, model: str, args: argparse.Namespace) -> None:
 
 def _list(store: Store) -> None:
     indexes, channels = catalog(store)
+    if not indexes and not channels:
+        print(f"{store.uri} holds no indexes and no channels", file=sys.stderr)
     pointed: dict[str, list[str]] = {}
     for name, pointer in sorted(channels.items()):
         pointed.setdefault(pointer.index_id, []).append(name)
@@ -184,22 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         replace=True,
     )
     try:
-        if not args.store:
-            raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")
-        store = open_store(args.store)
-        if args.command == "build":
-            _build(args, store, settings)
-        elif args.command == "list":
-            _list(store)
-        elif args.command == "promote":
-            pointer = promote(store, args.channel, args.index, expected_index=args.expect)
-            print(f"channel {args.channel} -> {pointer.index_id}")
-        elif args.command == "gc":
-            collected = collect_garbage(store, args.keep, dry_run=args.dry_run)
-            for index_id in collected.indexes:
-                print(("would delete " if args.dry_run else "deleted ") + index_id)
-            for key in collected.uploads:
-                print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
+        _run(args, settings)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`list | head`): normal for a command line tool.
+        # Later writes, and the flush at exit, go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except WriteConflict as exc:
         print(
             f"error: {redact(exc.message)} "
@@ -210,7 +251,38 @@ def main(argv: list[str] | None = None) -> int:
     except RagError as exc:
         print(f"error: {exc.title}: {redact(exc.message)}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:  # a bug or an error nobody translated: one line, never a traceback
+        logging.getLogger("index_builder").debug("unexpected error", exc_info=exc)
+        print(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    if not args.store:
+        raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")
+    store = open_store(args.store)
+    if args.command == "build":
+        _build(args, store, settings)  # checks that it can write there, before it reads
+        return
+    store.check()  # a store that does not exist is an error, not an empty listing
+    if args.command == "list":
+        _list(store)
+    elif args.command == "promote":
+        pointer = promote(
+            store,
+            args.channel,
+            args.index,
+            expected_index=args.expect,
+            create_channel=args.create_channel,
+        )
+        print(f"channel {args.channel} -> {pointer.index_id}")
+    elif args.command == "gc":
+        collected = collect_garbage(store, args.keep, dry_run=args.dry_run)
+        for index_id in collected.indexes:
+            print(("would delete " if args.dry_run else "deleted ") + index_id)
+        for key in collected.uploads:
+            print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
 
 
 if __name__ == "__main__":

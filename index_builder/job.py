@@ -25,8 +25,8 @@ from functions.storage import Store
 
 from .build import BuildPlan, build_artifact, default_chunk_size, plan_build
 from .progress import Progress
-from .publish import publish
-from .sources import load_documents
+from .publish import missing_channel, publish
+from .sources import OnUnreadable, load_documents
 
 __all__ = ["DryRun", "dry_run", "run_build"]
 
@@ -54,21 +54,29 @@ def run_build(
     embedder: Embedder,
     *,
     channel: str | None,
+    create_channel: bool = False,
     chunk_size: int | None = None,
     chunk_overlap: int = 64,
+    on_unreadable: OnUnreadable = "skip",
     progress: Progress | None = None,
 ) -> Manifest:
-    """Build an index of ``source`` and publish it; move ``channel`` to it if given."""
+    """Build an index of ``source`` and publish it; move ``channel`` to it if given.
+
+    Before anything is read or embedded, the store must be writable (a missing bucket, wrong
+    credentials or a server without conditional writes fail here, not after an hour of
+    embedding) and ``channel`` must exist, unless ``create_channel``.
+    """
     progress = progress or Progress(bars=False)
+    store.check(write=True)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
-        expected_etag, manifest = _current(store, channel, embedder)
+        expected_etag, manifest = _current(store, channel, embedder, create_channel)
         previous = (
             fetch_artifact(store, manifest, Path(tmp) / "previous")
             if manifest is not None
             else None
         )
         report = build_artifact(
-            load_documents(source, progress),
+            load_documents(source, progress, on_unreadable=on_unreadable),
             embedder,
             Path(tmp) / "new",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
@@ -76,7 +84,7 @@ def run_build(
             previous=previous,
             progress=progress,
         )
-        publish(
+        return publish(
             store,
             report.directory,
             report.manifest,
@@ -84,7 +92,6 @@ def run_build(
             expected_etag=expected_etag,
             progress=progress,
         )
-        return report.manifest
 
 
 def dry_run(
@@ -93,8 +100,10 @@ def dry_run(
     embedder: Embedder,
     *,
     channel: str | None,
+    create_channel: bool = False,
     chunk_size: int | None = None,
     chunk_overlap: int = 64,
+    on_unreadable: OnUnreadable = "skip",
     progress: Progress | None = None,
 ) -> DryRun:
     """Read and chunk ``source`` and compare with the channel's index; embed and upload nothing.
@@ -102,15 +111,16 @@ def dry_run(
     Only the previous index's content hashes are fetched (16 bytes a chunk), and the model server
     is not called: reuse is decided by content hashes, which include the model.
     """
+    store.check()
     with tempfile.TemporaryDirectory(prefix="rag-plan-") as tmp:
-        _, manifest = _current(store, channel, embedder)
+        _, manifest = _current(store, channel, embedder, create_channel)
         hashes: list[bytes] | None = None
         if manifest is not None:
             path = fetch_file(store, manifest, "hashes.bin", Path(tmp))
             data = path.read_bytes()
             hashes = [data[i : i + 16] for i in range(0, len(data), 16)]
         plan = plan_build(
-            load_documents(source, progress),
+            load_documents(source, progress, on_unreadable=on_unreadable),
             f"{embedder.provider}:{embedder.model}",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
             chunk_overlap=chunk_overlap,
@@ -125,7 +135,7 @@ def dry_run(
 
 
 def _current(
-    store: Store, channel: str | None, embedder: Embedder
+    store: Store, channel: str | None, embedder: Embedder, create_channel: bool
 ) -> tuple[str | None, Manifest | None]:
     """The channel's ETag (for the final compare-and-swap), and its index's manifest when that
     index was built with the same model (other models' vectors cannot be reused)."""
@@ -135,6 +145,8 @@ def _current(
     try:
         pointer, etag = read_channel(store, channel)
     except ObjectNotFound:
+        if not create_channel:
+            raise missing_channel(store, channel) from None
         return None, None
     manifest = read_manifest(store, pointer.index_id)
     if (manifest.embedding.provider, manifest.embedding.model) != (

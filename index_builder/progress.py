@@ -3,7 +3,7 @@
 On a terminal each phase — reading, chunking, embedding, uploading — gets a tqdm progress bar
 with counts, rate and ETA. Elsewhere (a CronJob's log) there are no bars: one log line per phase
 when it ends. Either way every phase's count and time are kept for the summary table printed at
-the end, and for the ``index.published`` event.
+the end, and for the ``index.published`` event, with the files left out as unreadable.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.bars = self.stream.isatty() if bars is None else bars
         self.phases: list[Phase] = []
+        self.skipped: list[tuple[str, str]] = []  # (source, reason) of files left out
 
     @contextmanager
     def phase(self, name: str, total: int | None, unit: str) -> Iterator[Phase]:

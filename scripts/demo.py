@@ -47,6 +47,7 @@ def main() -> int:
         str(ROOT / "docs"),
         "--channel",
         "stable",
+        "--create-channel",
     ]
     print("$", " ".join(build[1:]), flush=True)
     subprocess.run(build, env=env, cwd=ROOT, check=True)

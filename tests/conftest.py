@@ -159,6 +159,7 @@ def build_index(store_uri: str, ollama: Ollama, source: Path, channel: str | Non
         str(source),
         OllamaEmbedder("nomic-embed-text", ollama.url),
         channel=channel,
+        create_channel=True,
         chunk_size=64,
         chunk_overlap=8,
     )

@@ -106,7 +106,8 @@ class Gate:
     """A forwarding HTTP proxy that fails or holds requests, to put faults at exact points.
 
     The first ``refuse`` requests get ``refusal`` (by default 503 SlowDown, S3's throttling) as
-    an S3 error document, without being forwarded. The first
+    an S3 error document, without being forwarded. Request headers named in ``strip`` are not
+    forwarded (``If-Match``: a server that ignores conditional writes). The first
     request whose "METHOD /path" matches ``hold`` is held: ``held`` is set once it has arrived,
     and it stays unanswered until ``release`` is set, then gets 503.
     """
@@ -118,8 +119,10 @@ class Gate:
         *,
         refuse: int = 0,
         refusal: tuple[int, str] = (503, "SlowDown"),
+        strip: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.target = target
+        self.strip = {name.lower() for name in strip}
         self.hold = re.compile(hold) if hold else None
         self.refuse = refuse
         self.refusal = refusal
@@ -149,7 +152,9 @@ class Gate:
                 await asyncio.sleep(0.05)
             await Response(status_code=503)(scope, receive, send)
             return
-        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS]
+        headers = [
+            (k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS | self.strip
+        ]
         url = self.target + scope["raw_path"].decode()
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode()

@@ -11,6 +11,7 @@ from functions.embeddings import OllamaEmbedder
 from functions.errors import ConfigurationError, InvalidRequest, UpstreamError
 from functions.storage import open_store
 from index_builder.build import chunk_documents
+from index_builder.progress import Progress
 from index_builder.job import run_build
 from index_builder.sources import load_documents
 
@@ -27,6 +28,7 @@ def build_and_publish(
         str(source),
         embedder,
         channel=channel,
+        create_channel=True,
         chunk_size=64,
         chunk_overlap=8,
     ).index_id
@@ -146,10 +148,74 @@ def test_sources_under_a_hidden_folder_are_read_but_hidden_files_inside_are_not(
     assert sorted(d.id_ for d in load_documents(str(source))) == ["doc-0.md", "doc-1.md"]
 
 
-def test_an_unreadable_document_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
-    with pytest.raises(InvalidRequest, match=r"could not read the source documents"):
-        load_documents(str(tmp_path))
+# Files a bulk upload brings that are not documents: (name, bytes, why the builder skips it).
+_NOT_DOCUMENTS = [
+    (
+        "ls.txt",
+        b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8,  # the start of a real binary
+        "binary content (NUL bytes), not text",
+    ),
+    (
+        "blob.md",
+        bytes.fromhex("c3 28 a0 a1 e2 28 a1 f0 28 8c bc 80") * 64,
+        "not UTF-8 text (invalid byte at offset 0)",
+    ),
+    (
+        "broken.pdf",
+        b"%PDF-1.4 this is not really a pdf",
+        "PdfStreamError: Stream has ended unexpectedly",
+    ),
+]
+
+
+def _unreadable(root: Path) -> dict[str, str]:
+    """Writes the files that are not documents into ``root``; their reasons, by source."""
+    for name, data, _ in _NOT_DOCUMENTS:
+        (root / name).write_bytes(data)
+    return {name: reason for name, _, reason in _NOT_DOCUMENTS}
+
+
+def test_files_that_are_not_documents_are_skipped_named_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = write_corpus(tmp_path / "docs", documents=2)
+    expected = _unreadable(source)
+    progress = Progress(bars=False)
+    documents = load_documents(str(source), progress)
+    assert sorted(d.id_ for d in documents) == ["doc-0.md", "doc-1.md"]
+    assert dict(progress.skipped) == expected
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if w.startswith("skipped")] == [
+        f"skipped {name}: {reason}" for name, reason in sorted(expected.items())
+    ]
+    (reading,) = progress.phases
+    assert (reading.done, reading.notes) == (5, ["2 documents", "3 skipped"])
+    assert "5 files" in progress.summary() and "2 documents; 3 skipped" in progress.summary()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"), _NOT_DOCUMENTS, ids=["binary", "not-utf8", "corrupt-pdf"]
+)
+def test_an_unreadable_file_fails_the_build_by_name_when_asked(
+    tmp_path: Path, name: str, data: bytes, reason: str
+) -> None:
+    source = write_corpus(tmp_path / "docs", documents=1)
+    (source / name).write_bytes(data)
+    with pytest.raises(InvalidRequest) as caught:
+        load_documents(str(source), on_unreadable="fail")
+    assert caught.value.message == f"could not read {name}: {reason}"
+
+
+def test_text_in_utf8_with_a_bom_or_accents_is_read(tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_bytes("\ufeff# Café\n\nNaïve façade, 東京.\n".encode())
+    (document,) = load_documents(str(tmp_path))
+    assert "Naïve façade, 東京." in document.text
+
+
+def test_only_unreadable_files_is_no_text_to_index(tmp_path: Path, ollama: Ollama) -> None:
+    _unreadable(tmp_path)
+    with pytest.raises(ConfigurationError, match="no text to index"):
+        build_and_publish(tmp_path, str(tmp_path / "store"), ollama)
 
 
 def _pdf(text: str) -> bytes:

@@ -33,7 +33,7 @@ def build(
         "RAG_STORE_URI": str(store),
     }
     command = [sys.executable, "-m", "index_builder", "build", "--source", str(source)]
-    command += ["--channel", "stable", *extra]
+    command += ["--channel", "stable", "--create-channel", *extra]
     if not terminal:
         done = subprocess.run(
             command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False

@@ -246,6 +246,7 @@ def test_builder_runs_from_the_same_image(
             "/docs",
             "--channel",
             "stable",
+            "--create-channel",
         ],
         capture_output=True,
         text=True,

@@ -310,10 +310,11 @@ def test_the_builder_announces_new_indexes_to_k_sink(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+    (corpus / "ls.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00")  # not a document: skipped
     with sink() as (url, received):
         monkeypatch.setenv("K_SINK", url)
         assert (
-            builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable"])
+            builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable", "--create-channel"])
             == 0
         )
     index_id = capsys.readouterr().out.strip()
@@ -331,6 +332,11 @@ def test_the_builder_announces_new_indexes_to_k_sink(
     assert list(data["phases"]) == ["reading", "chunking", "embedding", "uploading"]
     assert data["phases"]["embedding"]["done"] == manifest.counts.embedded
     assert data["phases"]["uploading"]["unit"] == "B"
+    assert data["phases"]["reading"]["done"] == 7  # files looked at
+    assert data["skipped"] == {
+        "files": 1,
+        "first": [{"source": "ls.txt", "reason": "binary content (NUL bytes), not text"}],
+    }
 
 
 def test_an_unreachable_k_sink_does_not_fail_the_build(
@@ -343,7 +349,7 @@ def test_an_unreachable_k_sink_does_not_fail_the_build(
     monkeypatch.setenv("OLLAMA_HOST", ollama.url)
     monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")
     assert (
-        builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable"]) == 0
+        builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable", "--create-channel"]) == 0
     )
     assert "warning: index.published not delivered to K_SINK" in capsys.readouterr().err
 

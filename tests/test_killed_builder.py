@@ -41,7 +41,7 @@ def builder(source: Path, store_uri: str, *, s3: str, ollama: str) -> subprocess
     }
     command = [sys.executable, "-m", "index_builder", "--store", store_uri, "build"]
     return subprocess.Popen(
-        [*command, "--source", str(source), "--channel", "stable"],
+        [*command, "--source", str(source), "--channel", "stable", "--create-channel"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

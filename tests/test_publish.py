@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -91,11 +92,74 @@ def test_publish_against_a_stale_etag_is_refused(
     assert read_channel(store, "stable")[0].index_id == b.manifest.index_id
 
 
-def test_an_index_is_published_only_once(store: Store, tmp_path: Path, ollama: Ollama) -> None:
+def test_index_ids_are_the_build_time_and_a_hash_of_the_content(
+    tmp_path: Path, ollama: Ollama
+) -> None:
+    source = write_corpus(tmp_path / "docs", documents=2)
+    embedder = OllamaEmbedder("nomic-embed-text", ollama.url)
+
+    def build(n: int, minute: int) -> str:
+        return build_artifact(
+            load_documents(str(source)),
+            embedder,
+            tmp_path / f"out-{n}",
+            chunk_size=64,
+            chunk_overlap=8,
+            now=datetime(2026, 12, 2, 6, minute, tzinfo=UTC),
+        ).manifest.index_id
+
+    same = [build(n, minute) for n, minute in enumerate((0, 1, 2))]
+    assert [i.split("-")[1] for i in same] == ["060000", "060100", "060200"]
+    assert len({i.split("-")[2] for i in same}) == 1  # identical documents: the same hash
+    (source / "doc-1.md").write_text("# Changed\n\nOne document changed.\n")
+    assert build(3, 0).split("-")[2] != same[0].split("-")[2]
+
+
+def test_publishing_the_same_index_again_keeps_the_one_published(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    a = built(tmp_path, ollama, "a")
+    first = upload_index(store, a.directory, a.manifest)
+    again = build_artifact(  # the same documents built again in the same second: the same id
+        load_documents(str(tmp_path / "src-a")),
+        OllamaEmbedder("nomic-embed-text", ollama.url),
+        tmp_path / "out-again",
+        chunk_size=64,
+        chunk_overlap=8,
+        now=a.manifest.created_at.replace(microsecond=0),
+    )
+    assert again.manifest.index_id == a.manifest.index_id
+    assert (again.directory / "manifest.json").read_bytes() != first  # its own build time
+    published = publish(store, again.directory, again.manifest, channel="x", expected_etag=None)
+    assert published == a.manifest
+    assert read_channel(store, "x")[0].manifest_sha256 == hashlib.sha256(first).hexdigest()
+    assert read_manifest(store, "x") == a.manifest
+
+
+def test_an_index_id_holding_other_files_is_never_overwritten(
+    store: Store, tmp_path: Path, ollama: Ollama
+) -> None:
+    a, b = built(tmp_path, ollama, "a"), built(tmp_path, ollama, "b")
+    forged = b.manifest.model_copy(update={"index_id": a.manifest.index_id})
+    store.put(index_key(a.manifest.index_id), forged.model_dump_json().encode())
+    with pytest.raises(WriteConflict, match="exists with other content"):
+        upload_index(store, a.directory, a.manifest)
+    assert [o.key for o in store.list_objects("indexes/")] == [index_key(a.manifest.index_id)]
+
+
+def test_a_channel_is_created_only_when_asked(store: Store, tmp_path: Path, ollama: Ollama) -> None:
     a = built(tmp_path, ollama, "a")
     upload_index(store, a.directory, a.manifest)
-    with pytest.raises(WriteConflict):
-        upload_index(store, a.directory, a.manifest)
+    promote(store, "stable", a.manifest.index_id, create_channel=True)
+    with pytest.raises(ObjectNotFound) as caught:
+        promote(store, "stabel", a.manifest.index_id)
+    assert caught.value.message == (
+        "channel 'stabel' does not exist (did you mean 'stable'? channels: stable); "
+        "to create it, pass --create-channel"
+    )
+    with pytest.raises(WriteConflict, match="does not exist, so it does not point at"):
+        promote(store, "canary", a.manifest.index_id, expected_index=a.manifest.index_id)
+    assert sorted(catalog(store)[1]) == ["stable"]
 
 
 def test_promote_moves_a_channel_and_checks_expectations(
@@ -108,7 +172,7 @@ def test_promote_moves_a_channel_and_checks_expectations(
         promote(store, "stable", b.manifest.index_id, expected_index=b.manifest.index_id)
     pointer = promote(store, "stable", b.manifest.index_id, expected_index=a.manifest.index_id)
     assert read_channel(store, "stable")[0] == pointer
-    assert promote(store, "canary", a.manifest.index_id).index_id == a.manifest.index_id
+    assert promote(store, "canary", a.manifest.index_id, create_channel=True).index_id == a.manifest.index_id
     with pytest.raises(ObjectNotFound):
         promote(store, "stable", "20990101-000000-deadbeef")
 
@@ -130,7 +194,7 @@ def test_catalog_and_gc_keep_what_channels_point_to(
     ids = sorted(r.manifest.index_id for r in reports)
     for report in sorted(reports, key=lambda r: r.manifest.index_id):
         publish(store, report.directory, report.manifest, channel=None, expected_etag=None)
-    promote(store, "stable", ids[0])
+    promote(store, "stable", ids[0], create_channel=True)
     # A build that died mid-upload: data files but no manifest.
     store.upload(
         "indexes/20200101-000000-0badc0de/vectors.f32", reports[0].directory / "vectors.f32"
@@ -197,7 +261,7 @@ def test_racing_promoters_form_one_chain_of_moves(
     for report in reports:
         upload_index(store, report.directory, report.manifest)
     first, *others = [report.manifest.index_id for report in reports]
-    promote(store, "stable", first)
+    promote(store, "stable", first, create_channel=True)
     barrier = threading.Barrier(len(others))
     moves: dict[str, str] = {}  # from index -> to index, for every move that succeeded
     conflicts: list[str] = []

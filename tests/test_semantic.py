@@ -25,7 +25,7 @@ def local_index(tmp_path_factory: pytest.TempPathFactory):
 
     embedder = LocalEmbedder()
     store = open_store(str(tmp_path_factory.mktemp("store")))
-    run_build(store, str(ROOT / "docs"), embedder, channel="stable")
+    run_build(store, str(ROOT / "docs"), embedder, channel="stable", create_channel=True)
     manifest = read_manifest(store, "stable")
     artifact = fetch_artifact(store, manifest, tmp_path_factory.mktemp("cache"))
     return SearchIndex(artifact), embedder

@@ -18,6 +18,8 @@ from functions.errors import (
 from functions.s3 import S3Store
 from functions.storage import LocalStore, Store, block_hashes, open_store
 
+from .servers import Gate, serve
+
 
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
@@ -184,10 +186,54 @@ def test_s3_prefix_is_applied(s3_uri: str) -> None:
     assert [item.key for item in store.list_objects("channels/")] == ["channels/x.json"]
 
 
-def test_s3_missing_bucket_is_a_store_error(s3_endpoint: str) -> None:
+@pytest.mark.parametrize(
+    "operation",
+    ["get", "put", "upload", "fetch", "list", "check", "check-write"],
+)
+def test_s3_missing_bucket_says_so_whatever_the_operation(
+    s3_endpoint: str, tmp_path: Path, operation: str
+) -> None:
+    store = open_store("s3://no-such-bucket-here/rag")
+    (tmp_path / "f").write_bytes(b"data")
+    run = {
+        "get": lambda: store.get("channels/stable.json"),
+        "put": lambda: store.put("channels/stable.json", b"{}", if_none_match=True),
+        "upload": lambda: store.upload("indexes/x/vectors.f32", tmp_path / "f"),  # boto3's own
+        "fetch": lambda: store.fetch("indexes/x/f", tmp_path / "g", size=4, block_size=BLOCK),
+        "list": lambda: store.list_objects("indexes/"),
+        "check": lambda: store.check(),
+        "check-write": lambda: store.check(write=True),
+    }[operation]
     with pytest.raises(StoreError) as caught:
-        open_store("s3://no-such-bucket-here/x").get("channels/stable.json")
-    assert caught.value.status in (404, 502)
+        run()
+    assert type(caught.value) is StoreError  # not ObjectNotFound: no key is merely absent
+    assert caught.value.message.startswith("bucket 'no-such-bucket-here' does not exist (s3://")
+    assert caught.value.transient is False
+
+
+def test_the_write_check_writes_nothing(store: Store) -> None:
+    store.check(write=True)
+    store.check()
+    assert store.list_objects("") == []
+
+
+def test_the_read_check_of_a_missing_local_store_fails_and_creates_nothing(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "typo"))
+    with pytest.raises(StoreError, match="does not exist"):
+        store.check()
+    assert not (tmp_path / "typo").exists()
+    store.check(write=True)  # a build may start a new local store
+    assert (tmp_path / "typo").is_dir()
+
+
+def test_a_server_that_ignores_conditional_writes_is_refused(s3_uri: str, s3_endpoint: str) -> None:
+    gate = Gate(s3_endpoint, strip={"if-match", "if-none-match"})
+    with serve(gate) as url:
+        client = boto3.client("s3", endpoint_url=url)
+        store = S3Store(s3_uri.split("/")[2], "rag", client=client)
+        with pytest.raises(ConfigurationError, match="ignores conditional writes"):
+            store.check(write=True)
+        assert store.list_objects("") == []  # the probe it did write is gone again
 
 
 def test_s3_unreachable_endpoint_is_a_store_error() -> None:
