@@ -39,9 +39,13 @@ def main() -> None:
     from .app import create_app
 
     loader.timings["imports"] = time.time() - _STARTED
+    try:
+        app = create_app(settings, loader=loader)
+    except ConfigurationError as exc:  # the OIDC settings, say
+        sys.exit(f"knative-rag: exiting: {exc.message}")
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, loader=loader),
+            app,
             host="0.0.0.0",
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -1,14 +1,16 @@
 """The HTTP edge: the FastAPI app, its request and response bodies, and problem+json errors.
 
 ``create_app(settings)`` builds the app; ``uvicorn functions.app:app`` builds one from the
-environment. The index loads in the background at start-up: ``/healthz`` is 200 at once,
-``/readyz`` is 503 until the index is fetched, verified and the embedding model checked.
+environment, once, logging as ``python -m functions`` does. The index loads in the background
+at start-up: ``/healthz`` is 200 at once, ``/readyz`` is 503 until the index is fetched,
+verified and the embedding model checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,14 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .edge import Edge
 from .errors import (
+    ConfigurationError,
     DeadlineExceeded,
     InvalidEvent,
     RagError,
     UnsupportedEventType,
 )
 from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
-from .guards import ApiKeys, Limits
+from .guards import ApiKeys, JsonBodies, Limits
 from .loader import IndexLoader
+from .logs import configure
 from .metrics import Metrics
 from .problems import Problem as ProblemModel
 from .problems import problem, problem_body, problem_responses
@@ -47,7 +51,7 @@ from .schemas import (
     QueryResponse,
 )
 from .service import AnswerStream, QueryResult
-from .settings import Settings, api_keys
+from .settings import Settings, api_keys, token_verifier
 from .sse import MEDIA_TYPE, stream_events, wants_events
 
 __all__ = ["create_app"]
@@ -105,16 +109,18 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     metrics = Metrics(loader, revision=settings.revision)
     loader.observers.append(metrics.observe_upstream)
     app.state.metrics = metrics
+    app.add_middleware(JsonBodies, paths=("/query", "/chat"))  # not /events: any media type
     app.add_middleware(_IndexIdHeader, loader=loader)
     app.add_middleware(
         Limits, max_body_bytes=settings.max_body_bytes, max_concurrency=settings.max_concurrency
     )
-    keys = api_keys(settings)
-    if keys:
-        app.add_middleware(ApiKeys, keys=keys)
-    else:
+    keys, tokens = api_keys(settings), token_verifier(settings)
+    if keys or tokens:
+        app.add_middleware(ApiKeys, keys=keys, tokens=tokens, token_paths=("/events",))
+    if not keys:
         logger.warning(
-            "no API key configured (RAG_API_KEYS, RAG_API_KEYS_FILE): the service is open"
+            "no API key configured (RAG_API_KEYS, RAG_API_KEYS_FILE): the service is open%s",
+            " but for /events (RAG_OIDC_ISSUER)" if tokens else "",
         )
     app.add_middleware(Edge, metrics=metrics)  # outermost: request ids, metrics, access log
 
@@ -237,7 +243,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "`token` events with pieces of the answer, then an `end` event whose data is the "
             "whole response (sources, cited, index_id), or an `error` event with a problem."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 422, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 503, 504)},
     )
     async def query(body: QueryRequest, request: Request, response: Response) -> Any:
         if wants_events(request.headers.get("accept", "")):
@@ -258,7 +264,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "retrieves, and answers with citations. Without an LLM it answers the last message "
             "extractively. `Accept: text/event-stream` streams as for `/query`."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 422, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 503, 504)},
     )
     async def chat(body: ChatRequest, request: Request, response: Response) -> Any:
         history: list[tuple[str, str]] = [(m.role, m.content) for m in body.messages[:-1]]
@@ -315,7 +321,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 ),
                 "content": {"application/json": {"example": {"status": "reloading"}}},
             },
-            **problem_responses(400, 401, 413, 503, 504),
+            **problem_responses(400, 401, 403, 413, 503, 504),
         },
     )
     async def events(request: Request) -> Response:
@@ -381,7 +387,13 @@ def _query_request(data: Any) -> QueryRequest:
 
 
 def __getattr__(name: str) -> FastAPI:
-    # ``uvicorn functions.app:app`` reads the environment here, not at import.
-    if name == "app":
-        return create_app(Settings())
-    raise AttributeError(name)
+    # ``uvicorn functions.app:app``: made once (uvicorn looks it up twice), logging as -m does.
+    if name != "app":
+        raise AttributeError(name)
+    settings = Settings()
+    try:
+        configure(settings.log_level, secrets=api_keys(settings), log_format=settings.log_format)
+        app = globals()["app"] = create_app(settings)
+    except ConfigurationError as exc:
+        sys.exit(f"knative-rag: exiting: {exc.message}")
+    return app

@@ -2,6 +2,12 @@
 
 - ``ApiKeys``: with keys configured, every route but ``/healthz`` and ``/readyz`` needs
   ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time; else 401.
+  With a ``TokenVerifier``, the ``token_paths`` (``/events``) take a valid Knative Eventing OIDC
+  token instead of a key: 401 for an invalid one (the log says which check failed), 403 for a
+  subject not allowed, 503 + ``Retry-After`` when the issuer's keys cannot be fetched. Those
+  paths need a key or a token even when no keys are configured.
+- ``JsonBodies``: a request body to the JSON routes that is not declared ``application/json``
+  (or ``application/*+json``) is refused with 415 before it is read.
 - ``Limits``: a request body larger than ``max_body_bytes`` is refused with 413 as soon as it is
   known (``Content-Length``, or while a chunked body streams in); beyond ``max_concurrency``
   requests in flight, new ones get 503 with ``Retry-After`` at once instead of queueing.
@@ -10,45 +16,144 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Iterable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .oidc import TokenVerifier
 from .problems import send_problem
 
-__all__ = ["OPEN_PATHS", "ApiKeys", "Limits"]
+__all__ = ["OPEN_PATHS", "ApiKeys", "JsonBodies", "Limits", "is_json"]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
+logger = logging.getLogger(__name__)
+
+_CHALLENGE = 'Bearer realm="knative-rag"'
+_KEY_REQUIRED = "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>"
+_SENDER_REQUIRED = (
+    "an API key or a Knative Eventing OIDC token for this service is required: "
+    "Authorization: Bearer <token>"
+)
+
 
 class ApiKeys:
-    """Requires one of ``keys`` on every route but the health checks."""
+    """Requires one of ``keys`` on every route but the health checks, or a token on
+    ``token_paths`` when ``tokens`` verifies them."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        *,
+        tokens: TokenVerifier | None = None,
+        token_paths: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.keys = [key.encode() for key in keys if key]
+        self.tokens = tokens
+        self.token_paths = frozenset(token_paths) if tokens is not None else frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        tokens = self.tokens if scope["path"] in self.token_paths else None
+        if not self.keys and tokens is None:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        offered = headers.get(b"x-api-key", b"")
         authorization = headers.get(b"authorization", b"")
-        if authorization[:7].lower() == b"bearer ":
-            offered = authorization[7:].strip()
-        # compare_digest against every key, without stopping at the first match
-        matches = [hmac.compare_digest(offered, key) for key in self.keys]
-        if offered and any(matches):
+        bearer = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
+        offered = [value for value in (headers.get(b"x-api-key", b""), bearer) if value]
+        if any(self._is_key(value) for value in offered):
             await self.app(scope, receive, send)
             return
-        await send_problem(
-            send,
-            401,
-            "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
-            headers={"WWW-Authenticate": 'Bearer realm="knative-rag"'},
-        )
+        if tokens is None:
+            await _refuse(send, 401, _KEY_REQUIRED, invalid=bool(offered))
+            return
+        if bearer.count(b".") != 2:  # no JWT: a wrong key, or nothing
+            if offered:
+                logger.warning(
+                    "%s %s: neither an API key nor a JWT", scope["method"], scope["path"]
+                )
+            await _refuse(send, 401, _SENDER_REQUIRED, invalid=bool(offered))
+            return
+        verdict = await run_in_threadpool(tokens.verify, bearer.decode("latin-1"))
+        if verdict.status == 200:
+            await self.app(scope, receive, send)
+            return
+        # The client is told only the outcome; the operator, which check failed.
+        logger.warning(
+            "%s %s: token refused (%d): %s", scope["method"], scope["path"], verdict.status,
+            verdict.reason,
+        )  # fmt: skip
+        if verdict.status == 403:
+            await _refuse(
+                send, 403, "this token's subject may not deliver events here", insufficient=True
+            )
+        elif verdict.status == 503:
+            await send_problem(
+                send, 503, "the token cannot be checked now; retry shortly",
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
+        else:
+            await _refuse(send, 401, _SENDER_REQUIRED, invalid=True)
+
+    def _is_key(self, offered: bytes) -> bool:
+        # compare_digest against every key, without stopping at the first match
+        matches = [hmac.compare_digest(offered, key) for key in self.keys]
+        return any(matches)
+
+
+async def _refuse(
+    send: Send, status: int, detail: str, *, invalid: bool = False, insufficient: bool = False
+) -> None:
+    """401 or 403 with an RFC 6750 challenge: an error code only when credentials were sent."""
+    error = ', error="invalid_token"' if invalid else ""
+    if insufficient:
+        error = ', error="insufficient_scope"'
+    await send_problem(send, status, detail, headers={"WWW-Authenticate": _CHALLENGE + error})
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type value is JSON: ``application/json`` or ``application/*+json``,
+    with any parameters (``; charset=utf-8``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class JsonBodies:
+    """Answers 415 to a POST to ``paths`` whose body is not declared JSON, before reading it.
+
+    A missing Content-Type is refused too: FastAPI 0.132 and later no longer read such a body as
+    JSON either (``strict_content_type``), and a browser may send a body without one cross-site
+    with no CORS preflight (``fetch`` with a ``Blob``), so reading it would let any web page post
+    to a service run without API keys. Every client we document sends the header.
+    """
+
+    def __init__(self, app: ASGIApp, *, paths: Iterable[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if not is_json(content_type):
+                await send_problem(
+                    send,
+                    415,
+                    "the request body must be JSON: Content-Type: application/json",
+                    # Accept-Post (W3C LDP, IANA-registered): what a POST here may carry.
+                    headers={"Accept-Post": "application/json"},
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class _BodyTooLarge(HTTPException):

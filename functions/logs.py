@@ -6,7 +6,7 @@ httpx. It removes
 
 - the values of known secrets: the API keys, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``;
 - credentials written into URLs (``https://user:password@host``);
-- bearer tokens and ``X-API-Key`` / ``password`` / ``secret`` / ``token`` values;
+- bearer tokens, JWTs and ``X-API-Key`` / ``password`` / ``secret`` / ``token`` values;
 
 and replaces a traceback with one line naming the exception and the innermost frame (file name
 and line, no folders). ``RAG_LOG_LEVEL=DEBUG`` keeps full tracebacks, still redacted.
@@ -34,7 +34,10 @@ from typing import Any
 __all__ = ["REDACTED", "JsonFormatter", "Redactor", "configure", "redact", "request_id"]
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+# uvicorn adds ``color_message`` (its message with terminal colour codes) to some records.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message", "asctime", "request_id", "color_message",
+}  # fmt: skip
 
 REDACTED = "[REDACTED]"
 _ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -57,6 +60,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
         rf"\1{REDACTED}",
     ),
     (re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+"), rf"\1{REDACTED}"),
+    # A JWT anywhere (a service-account or OIDC token): header.payload.signature, base64url.
+    (re.compile(r"\beyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w-]*"), REDACTED),
     # name=value or name: value, for any name containing a secret-sounding word (access_token,
     # client_secret, aws_secret_access_key, X-API-Key, OLLAMA_API_KEY ...); quoted values whole.
     (
@@ -189,6 +194,14 @@ def configure(
     root.setLevel(logging.WARNING)
     for name in ("functions", "index_builder"):
         logging.getLogger(name).setLevel(level)
+    # ``uvicorn functions.app:app`` gives uvicorn's loggers handlers of their own before the app
+    # is imported: drop them, so its records reach the root handler (JSON, redacted), and keep
+    # its access log off, since functions.edge writes one line per request (and skips probes).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server = logging.getLogger(name)
+        for old in list(server.handlers):
+            server.removeHandler(old)
+        server.propagate = name != "uvicorn.access"
     values = [*secrets, *(os.environ.get(name, "") for name in _ENV_SECRETS)]
     tracebacks = logging.getLevelName(level.upper()) == logging.DEBUG
     for handler in root.handlers:

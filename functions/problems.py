@@ -27,7 +27,12 @@ class Problem(BaseModel):
 _EXAMPLES = {
     400: ("Invalid CloudEvent", "the event has no 'id' attribute"),
     401: ("Unauthorized", "a valid API key is required: Authorization: Bearer <key> or X-API-Key"),
+    403: ("Forbidden", "this token's subject may not deliver events here"),
     413: ("Request Entity Too Large", "request body over 65536 bytes"),
+    415: (
+        "Unsupported Media Type",
+        "the request body must be JSON: Content-Type: application/json",
+    ),
     422: ("Invalid request body", "the request body is not valid"),
     503: ("Index not ready", "index is loading"),
     504: ("Request deadline exceeded", "no answer within 140 s"),
@@ -45,6 +50,13 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": HTTPStatus(status).phrase,
             "content": {"application/problem+json": {"schema": schema, "example": example}},
         }
+        if status == 415:
+            responses[status]["headers"] = {
+                "Accept-Post": {
+                    "description": "The media type a POST here takes: application/json.",
+                    "schema": {"type": "string"},
+                }
+            }
     return responses
 
 

@@ -14,8 +14,9 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
+from .oidc import TokenVerifier
 
-__all__ = ["Settings", "api_keys"]
+__all__ = ["Settings", "api_keys", "token_verifier"]
 
 
 class Settings(BaseSettings):
@@ -85,6 +86,38 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file with one API key per line (a mounted Secret)."
     )
+    oidc_issuer: str | None = Field(
+        None,
+        description=(
+            "Knative Eventing OIDC: the issuer (iss) of the tokens on /events, the cluster's "
+            "service-account issuer; unset = no token checks."
+        ),
+    )
+    oidc_audience: str | None = Field(
+        None, description="The audience (aud) those tokens must carry: the Triggers' audience."
+    )
+    oidc_jwks_url: str | None = Field(
+        None,
+        description="Where the issuer's keys are; default: OpenID discovery under the issuer.",
+    )
+    oidc_ca_file: Path | None = Field(
+        None, description="CA bundle trusted when fetching the keys (the cluster's ca.crt)."
+    )
+    oidc_token_file: Path | None = Field(
+        None,
+        description="A bearer token sent when fetching the keys (a projected service-account "
+        "token), read at each fetch.",
+    )
+    oidc_subjects: str | None = Field(
+        None,
+        description=(
+            "Comma-separated subjects (sub) allowed to deliver events; a trailing * matches a "
+            "prefix; unset = any subject of the issuer."
+        ),
+    )
+    oidc_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Timeout of one discovery or key fetch."
+    )
     request_timeout_s: float = Field(
         140.0, gt=0, description="Deadline of one query (504); keep it below the platform's."
     )
@@ -130,3 +163,23 @@ def api_keys(settings: Settings) -> list[str]:
         except OSError as exc:
             raise ConfigurationError(f"RAG_API_KEYS_FILE cannot be read: {exc.strerror}") from exc
     return [key for key in keys if key]
+
+
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """The verifier of Knative Eventing OIDC tokens the settings describe; None without them."""
+    if settings.oidc_issuer is None and settings.oidc_audience is None:
+        return None
+    if not settings.oidc_issuer or not settings.oidc_audience:
+        raise ConfigurationError("RAG_OIDC_ISSUER and RAG_OIDC_AUDIENCE go together: set both")
+    try:
+        return TokenVerifier(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            ca_file=settings.oidc_ca_file,
+            token_file=settings.oidc_token_file,
+            subjects=(settings.oidc_subjects or "").split(","),
+            timeout_s=settings.oidc_timeout_s,
+        )
+    except (ValueError, OSError) as exc:  # a bad URL; RAG_OIDC_CA_FILE missing or not PEM
+        raise ConfigurationError(f"the OIDC settings cannot work: {exc}") from exc

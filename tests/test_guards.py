@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ def test_api_keys_guard_everything_but_health(
     assert is_problem(missing, 401)
     assert missing.headers["www-authenticate"] == 'Bearer realm="knative-rag"'
     assert is_problem(wrong, 401)
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="knative-rag", error="invalid_token"'
     assert "nope" not in wrong.text
     assert (bearer.status_code, header.status_code) == (200, 200)
     assert is_problem(events, 401)
@@ -128,3 +130,82 @@ def test_over_the_concurrency_limit_requests_are_refused_at_once(
     assert refused.headers["retry-after"] == "1"
     assert healthy == 200  # probes are never counted or refused
     assert slow == [200, 200]
+
+
+UNSUPPORTED = {
+    "type": "about:blank",
+    "title": "Unsupported Media Type",
+    "status": 415,
+    "detail": "the request body must be JSON: Content-Type: application/json",
+}
+
+
+@pytest.fixture(scope="module")
+def open_function(
+    published: Published, _ollama_server: Ollama, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """One function without keys, retrieve and extractive answers only, for the module."""
+    cache = tmp_path_factory.mktemp("open")
+    with function(
+        settings_for(published.store_uri, _ollama_server, cache, llm_provider="none")
+    ) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status"),
+    [
+        ("/query", "application/x-www-form-urlencoded", 415),  # what curl -d sends
+        ("/query", "text/plain", 415),
+        ("/query", "text/plain; charset=utf-8", 415),
+        ("/query", None, 415),
+        ("/query", "application/jsonx", 415),
+        ("/query", "multipart/form-data; boundary=x", 415),
+        ("/chat", "application/x-www-form-urlencoded", 415),
+        ("/query", "application/json", 200),
+        ("/query", "Application/JSON; charset=UTF-8", 200),
+        ("/query", "application/vnd.api+json", 200),
+        ("/chat", "application/json; charset=utf-8", 200),
+    ],
+    ids=[
+        "form", "text", "text-charset", "missing", "jsonx", "multipart", "chat-form",
+        "json", "json-params", "plus-json", "chat-json",
+    ],
+)  # fmt: skip
+def test_bodies_that_are_not_json_are_415(
+    open_function: httpx.Client, path: str, content_type: str | None, status: int
+) -> None:
+    body = (
+        {"query": "facts about rivers", "mode": "retrieve"}
+        if path == "/query"
+        else {"messages": [{"role": "user", "content": "rivers?"}]}
+    )
+    headers = {"content-type": content_type} if content_type else {}
+    response = open_function.post(path, content=json.dumps(body).encode(), headers=headers)
+    assert response.request.headers.get("content-type") == content_type
+    if status == 200:
+        assert response.status_code == 200, response.text
+        return
+    assert (
+        response.status_code,
+        response.headers["content-type"],
+        response.headers["accept-post"],
+        response.json(),
+    ) == (415, "application/problem+json", "application/json", UNSUPPORTED)
+
+
+def test_events_take_any_media_type(open_function: httpx.Client) -> None:
+    """A binary-mode CloudEvent carries the event's own content type: not the JSON guard's."""
+    response = open_function.post(
+        "/events",
+        content=json.dumps({"query": "rivers", "mode": "retrieve"}).encode(),
+        headers={
+            "content-type": "text/plain",
+            "ce-specversion": "1.0",
+            "ce-id": "media-type-1",
+            "ce-source": "tests/guards",
+            "ce-type": "dev.knative-rag.query.request",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["ce-type"] == "dev.knative-rag.query.response"

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from functions.logs import REDACTED, Redactor, configure, redact
 
-from .conftest import Published
+from .conftest import Ollama, Published, function_env
 
 R = REDACTED
 
@@ -41,11 +45,12 @@ R = REDACTED
         ('{"password": "hunter22"}', f'{{"password": "{REDACTED}"}}'),
         ("key the-api-key-value used", f"key {REDACTED} used"),
         ("index 20261127-081500-3f2a9c1d at s3://bucket/rag", "index 20261127-081500-3f2a9c1d at s3://bucket/rag"),
+        ("got eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_x from it", f"got {R} from it"),
     ],
     ids=[
         "url-userinfo", "authorization", "basic", "bearer", "empty-user", "at-in-query",
         "oauth", "env-names", "aws", "quoted-spaces", "x-api-key", "presigned", "password",
-        "known-secret", "plain",
+        "known-secret", "plain", "jwt",
     ],
 )  # fmt: skip
 def test_redact(text: str, expected: str) -> None:
@@ -158,3 +163,60 @@ def test_a_failing_thread_is_logged_not_printed(caplog: pytest.LogCaptureFixture
         "thread worker-1 failed [ValueError: cannot reach http://"
     )
     assert "p4ssw0rd" not in record.getMessage()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "functions"],
+        ["-m", "uvicorn", "functions.app:app", "--host", "127.0.0.1", "--port", "{port}"],
+    ],
+    ids=["python-m-functions", "uvicorn-functions-app"],
+)
+def test_both_documented_ways_to_run_log_the_same(
+    published: Published, ollama: Ollama, tmp_path: Path, command: list[str]
+) -> None:
+    """One JSON object per line, redacted, the open-service warning once, no probe lines."""
+    port = _free_port()
+    env = {**function_env(published.store_uri, ollama, tmp_path), "PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, *(part.format(port=port) for part in command)],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            probes = [client.get(path).status_code for path in ("/healthz", "/readyz") * 3]
+            query = client.post("/query", json={"query": "rivers", "mode": "retrieve"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert (probes, query.status_code, stdout) == ([200] * 6, 200, "")
+    records = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
+    assert [r["message"] for r in records if r["level"] == "WARNING"] == [
+        "no API key configured (RAG_API_KEYS, RAG_API_KEYS_FILE): the service is open"
+    ]
+    served = [r["http"] for r in records if "http" in r]
+    assert [h["route"] for h in served if h["status"] < 400] == ["/query"]  # probes unlogged
+    assert {r["logger"] for r in records} >= {"functions.access", "uvicorn.error"}
+    assert "uvicorn.access" not in {r["logger"] for r in records}
+    assert all("color_message" not in r for r in records)

@@ -31,8 +31,10 @@ def test_python_dash_m_functions_serves_and_stops_on_sigterm(
     ("store", "reason"),
     [
         ("missing-channel", "channels/missing.json does not exist"),
+        ("missing-bucket", "bucket 'no-such-bucket-here' does not exist"),
         ("refused", "EndpointConnectionError"),
         ("silent", "not ready after 3 s"),
+        ("oidc-issuer-alone", "RAG_OIDC_ISSUER and RAG_OIDC_AUDIENCE go together: set both"),
     ],
 )
 def test_python_dash_m_functions_exits_1_when_it_cannot_load(
@@ -43,8 +45,10 @@ def test_python_dash_m_functions_exits_1_when_it_cannot_load(
     silent.listen(8)
     env = {
         "missing-channel": {"RAG_INDEX": "missing"},
+        "missing-bucket": {"RAG_STORE_URI": "s3://no-such-bucket-here/rag"},
         "refused": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"},
         "silent": {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+        "oidc-issuer-alone": {"RAG_OIDC_ISSUER": "https://kubernetes.default.svc.cluster.local"},
     }[store]
     started = time.monotonic()
     with silent:
