@@ -152,9 +152,7 @@ class Gate:
                 await asyncio.sleep(0.05)
             await Response(status_code=503)(scope, receive, send)
             return
-        headers = [
-            (k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS | self.strip
-        ]
+        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS | self.strip]
         url = self.target + scope["raw_path"].decode()
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode()

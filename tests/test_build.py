@@ -11,8 +11,8 @@ from functions.embeddings import OllamaEmbedder
 from functions.errors import ConfigurationError, InvalidRequest, UpstreamError
 from functions.storage import open_store
 from index_builder.build import chunk_documents
-from index_builder.progress import Progress
 from index_builder.job import run_build
+from index_builder.progress import Progress
 from index_builder.sources import load_documents
 
 from .conftest import Ollama, write_corpus
@@ -190,7 +190,8 @@ def test_files_that_are_not_documents_are_skipped_named_and_counted(
     ]
     (reading,) = progress.phases
     assert (reading.done, reading.notes) == (5, ["2 documents", "3 skipped"])
-    assert "5 files" in progress.summary() and "2 documents; 3 skipped" in progress.summary()
+    assert "5 files" in progress.summary()
+    assert "2 documents; 3 skipped" in progress.summary()
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from functions.catalog import read_channel
-from functions.storage import open_store
 from functions.settings import Settings
+from functions.storage import open_store
 from index_builder.__main__ import _parser, main
 
 from .conftest import Ollama
@@ -186,7 +186,15 @@ def test_runs_as_a_module(tmp_path: Path, corpus: Path, ollama: Ollama) -> None:
         ["gc", "--keep", "5", "--store", "s3://b/rag"],
         ["--store", "s3://other/rag", "gc", "--keep", "5", "--store", "s3://b/rag"],
     ],
-    ids=["before", "after", "build-after", "build-before", "promote-after", "gc-after", "last-wins"],
+    ids=[
+        "before",
+        "after",
+        "build-after",
+        "build-before",
+        "promote-after",
+        "gc-after",
+        "last-wins",
+    ],
 )
 def test_the_store_may_be_given_before_or_after_the_command(argv: list[str]) -> None:
     assert _parser(Settings()).parse_args(argv).store == "s3://b/rag"
@@ -316,7 +324,8 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert (proc.wait(timeout=60), err) == (0, "")

@@ -314,7 +314,18 @@ def test_the_builder_announces_new_indexes_to_k_sink(
     with sink() as (url, received):
         monkeypatch.setenv("K_SINK", url)
         assert (
-            builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable", "--create-channel"])
+            builder(
+                [
+                    "--store",
+                    s3_uri,
+                    "build",
+                    "--source",
+                    str(corpus),
+                    "--channel",
+                    "stable",
+                    "--create-channel",
+                ]
+            )
             == 0
         )
     index_id = capsys.readouterr().out.strip()
@@ -349,7 +360,19 @@ def test_an_unreachable_k_sink_does_not_fail_the_build(
     monkeypatch.setenv("OLLAMA_HOST", ollama.url)
     monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")
     assert (
-        builder(["--store", s3_uri, "build", "--source", str(corpus), "--channel", "stable", "--create-channel"]) == 0
+        builder(
+            [
+                "--store",
+                s3_uri,
+                "build",
+                "--source",
+                str(corpus),
+                "--channel",
+                "stable",
+                "--create-channel",
+            ]
+        )
+        == 0
     )
     assert "warning: index.published not delivered to K_SINK" in capsys.readouterr().err
 

@@ -172,7 +172,10 @@ def test_promote_moves_a_channel_and_checks_expectations(
         promote(store, "stable", b.manifest.index_id, expected_index=b.manifest.index_id)
     pointer = promote(store, "stable", b.manifest.index_id, expected_index=a.manifest.index_id)
     assert read_channel(store, "stable")[0] == pointer
-    assert promote(store, "canary", a.manifest.index_id, create_channel=True).index_id == a.manifest.index_id
+    assert (
+        promote(store, "canary", a.manifest.index_id, create_channel=True).index_id
+        == a.manifest.index_id
+    )
     with pytest.raises(ObjectNotFound):
         promote(store, "stable", "20990101-000000-deadbeef")
 
