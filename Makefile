@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# torch==2.13.0 is the CPU build on these machines; an unpinned torch pulls a multi-GB CUDA build.
+# The local embedder's torch, for the tests and the demo only (the image has none). Pinned and
+# installed first: where pip finds a CPU wheel of it (PIP_FIND_LINKS) it takes that, elsewhere
+# it takes the package index's build, which pulls several GB of CUDA libraries (about 3 minutes
+# on a 2-core machine here) and still runs on the CPU. Set TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.13.0
 
 IMAGE ?= localhost/knative-rag:dev
