@@ -86,8 +86,16 @@ def test_the_readme_s_first_s3_commands_run_as_written(
     if bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=bucket)
     env = {**os.environ, "OLLAMA_HOST": ollama.url, "RAG_CACHE_DIR": str(tmp_path)}
-    built = subprocess.run(
-        [sys.executable, "-m", "index_builder", *build],
+    built = _builder(build, env)
+    assert built.returncode == 0, built.stderr[-2000:]
+    listed = _builder(listing, env)
+    assert listed.returncode == 0, listed.stderr
+    assert f"channel stable           -> {built.stdout.strip()}" in listed.stdout
+
+
+def _builder(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "index_builder", *argv],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -95,16 +103,3 @@ def test_the_readme_s_first_s3_commands_run_as_written(
         timeout=300,
         check=False,
     )
-    assert built.returncode == 0, built.stderr[-2000:]
-    index_id = built.stdout.strip()
-    listed = subprocess.run(
-        [sys.executable, "-m", "index_builder", *listing],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert listed.returncode == 0, listed.stderr
-    assert f"channel stable           -> {index_id}" in listed.stdout

@@ -301,6 +301,12 @@ def sink() -> Iterator[tuple[str, list[Any]]]:
         yield url, received
 
 
+def build_to_stable(store_uri: str, source: Path) -> int:
+    """``python -m index_builder build`` of ``source`` into a new channel ``stable``."""
+    command = ["--store", store_uri, "build", "--source", str(source)]
+    return builder([*command, "--channel", "stable", "--create-channel"])
+
+
 @pytest.mark.usefixtures("ollama")
 def test_the_builder_announces_new_indexes_to_k_sink(
     s3_uri: str,
@@ -313,21 +319,7 @@ def test_the_builder_announces_new_indexes_to_k_sink(
     (corpus / "ls.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00")  # not a document: skipped
     with sink() as (url, received):
         monkeypatch.setenv("K_SINK", url)
-        assert (
-            builder(
-                [
-                    "--store",
-                    s3_uri,
-                    "build",
-                    "--source",
-                    str(corpus),
-                    "--channel",
-                    "stable",
-                    "--create-channel",
-                ]
-            )
-            == 0
-        )
+        assert build_to_stable(s3_uri, corpus) == 0
     index_id = capsys.readouterr().out.strip()
     (announced,) = received
     assert (announced.get_type(), announced.get_source()) == (
@@ -359,21 +351,7 @@ def test_an_unreachable_k_sink_does_not_fail_the_build(
 ) -> None:
     monkeypatch.setenv("OLLAMA_HOST", ollama.url)
     monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")
-    assert (
-        builder(
-            [
-                "--store",
-                s3_uri,
-                "build",
-                "--source",
-                str(corpus),
-                "--channel",
-                "stable",
-                "--create-channel",
-            ]
-        )
-        == 0
-    )
+    assert build_to_stable(s3_uri, corpus) == 0
     assert "warning: index.published not delivered to K_SINK" in capsys.readouterr().err
 
 

@@ -1,5 +1,8 @@
 """Knative Eventing's OIDC tokens on /events, through a real uvicorn: a JWKS and an OpenID
-discovery document served over HTTP (and HTTPS) on loopback, tokens signed by RSA keys made here."""
+discovery document served over HTTP (and HTTPS) on loopback, tokens signed by RSA keys made here.
+
+Over 400 lines because the issuer double, the token forger and the test CA serve only these
+tests, and each hostile token is a case of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +28,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -399,28 +400,6 @@ def _tls(tmp_path: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-@contextmanager
-def serve_tls(app: Any, certfile: Path, keyfile: Path) -> Iterator[str]:
-    """``serve`` over HTTPS: uvicorn in a thread on 127.0.0.1:<free port>; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, log_level="warning", ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive()
-        time.sleep(0.01)
-    try:
-        yield f"https://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def test_in_cluster_keys_over_tls_with_the_pod_s_own_token(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
@@ -431,7 +410,7 @@ def test_in_cluster_keys_over_tls_with_the_pod_s_own_token(
     pod_token.write_text("projected-service-account-token-0001\n")
     issuer = Issuer(bearer="projected-service-account-token-0001")
     cluster = "https://kubernetes.default.svc.cluster.local"
-    with serve_tls(issuer.app, cert, key) as url:
+    with serve(issuer.app, tls=(cert, key)) as url:
         settings = settings_for(
             published.store_uri, ollama, tmp_path, llm_provider="none", oidc_issuer=cluster,
             oidc_audience=AUDIENCE, oidc_jwks_url=f"{url}/openid/v1/jwks", oidc_ca_file=ca,

@@ -35,16 +35,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return open_store(request.getfixturevalue("s3_uri"))
 
 
-def built(tmp_path: Path, ollama: Ollama, name: str, documents: int = 2):
+def built(
+    tmp_path: Path, ollama: Ollama, name: str, documents: int = 2, *, out: str = "", now=None
+):
     source = write_corpus(tmp_path / f"src-{name}", documents=documents)
     (source / "unique.md").write_text(f"# {name}\n\nA document only build {name} has.\n")
     embedder = OllamaEmbedder("nomic-embed-text", ollama.url)
     return build_artifact(
         load_documents(str(source)),
         embedder,
-        tmp_path / f"out-{name}",
+        tmp_path / f"out-{out or name}",
         chunk_size=64,
         chunk_overlap=8,
+        now=now,
     )
 
 
@@ -120,13 +123,9 @@ def test_publishing_the_same_index_again_keeps_the_one_published(
 ) -> None:
     a = built(tmp_path, ollama, "a")
     first = upload_index(store, a.directory, a.manifest)
-    again = build_artifact(  # the same documents built again in the same second: the same id
-        load_documents(str(tmp_path / "src-a")),
-        OllamaEmbedder("nomic-embed-text", ollama.url),
-        tmp_path / "out-again",
-        chunk_size=64,
-        chunk_overlap=8,
-        now=a.manifest.created_at.replace(microsecond=0),
+    # The same documents built again in the same second: the same id.
+    again = built(
+        tmp_path, ollama, "a", out="again", now=a.manifest.created_at.replace(microsecond=0)
     )
     assert again.manifest.index_id == a.manifest.index_id
     assert (again.directory / "manifest.json").read_bytes() != first  # its own build time
