@@ -67,9 +67,9 @@ def run_build(
     embedding) and ``channel`` must exist, unless ``create_channel``.
     """
     progress = progress or Progress(bars=False)
-    store.check(write=True)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
         expected_etag, manifest = _current(store, channel, embedder, create_channel)
+        store.check(write=True)
         previous = (
             fetch_artifact(store, manifest, Path(tmp) / "previous")
             if manifest is not None

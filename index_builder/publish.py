@@ -138,6 +138,7 @@ def promote(
     channel's name must not quietly start a channel nothing follows.
     """
     channel_key(channel)  # refuse a bad name before touching the store
+    index_key(index_id)  # an index id, not a channel name (read_manifest would take either)
     read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
     data = store.get(index_key(index_id)).data
     try:

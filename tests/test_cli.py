@@ -126,8 +126,12 @@ def test_lost_race_exits_3_and_overwrites_nothing(
             ["promote", "--channel", "Bad Name", "--index", "20990101-000000-deadbeef"],
             "channel name",
         ),
+        (
+            ["promote", "--channel", "canary", "--index", "stable"],
+            "'stable' is not an index id",
+        ),
     ],
-    ids=["missing-source", "missing-index", "bad-channel"],
+    ids=["missing-source", "missing-index", "bad-channel", "not-an-index-id"],
 )
 def test_failures_exit_1_with_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
@@ -288,7 +292,7 @@ def test_a_build_into_a_store_it_cannot_write_fails_before_reading_or_embedding(
     assert (status, out) == (1, "")
     assert err == (
         "error: Object store error: bucket 'no-such-bucket-here' does not exist "
-        "(s3://no-such-bucket-here/rag)\n"
+        "(s3://no-such-bucket-here/rag/channels/stable.json)\n"
     )
     assert ollama.double.embedded == []
 

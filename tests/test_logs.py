@@ -46,11 +46,13 @@ R = REDACTED
         ("key the-api-key-value used", f"key {REDACTED} used"),
         ("index 20261127-081500-3f2a9c1d at s3://bucket/rag", "index 20261127-081500-3f2a9c1d at s3://bucket/rag"),
         ("got eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_x from it", f"got {R} from it"),
+        ("NoCredentialsError: Unable to locate them", "NoCredentialsError: Unable to locate them"),
+        ("InvalidTokenException: expired", "InvalidTokenException: expired"),
     ],
     ids=[
         "url-userinfo", "authorization", "basic", "bearer", "empty-user", "at-in-query",
         "oauth", "env-names", "aws", "quoted-spaces", "x-api-key", "presigned", "password",
-        "known-secret", "plain", "jwt",
+        "known-secret", "plain", "jwt", "exception-name", "exception-name-2",
     ],
 )  # fmt: skip
 def test_redact(text: str, expected: str) -> None:
