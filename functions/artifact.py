@@ -3,10 +3,13 @@
 An index lives under ``indexes/<index_id>/`` in the store and never changes once published:
 
     vectors.f32        float32 little-endian, C order, shape (chunks, dim), each row L2-normalised
-    docstore.jsonl     one JSON record per chunk: {"id", "doc_id", "text", "metadata"}
+    docstore.jsonl     one JSON record per chunk: {"id", "doc_id", "text", "metadata"}, in that
+                       order (a reader may take the ids from the start of a line)
     docstore.offsets   uint64 little-endian, chunks + 1 byte offsets into docstore.jsonl
-    columns.json       {metadata key: [distinct scalar values]} for the keys filters can use
-    columns.i32        int32 little-endian, (keys, chunks): index into the key's values, -1 absent
+    columns.json       {metadata key: [its distinct values]}: every JSON value a key takes, null,
+                       lists and objects included (format 1: strings, numbers and booleans only)
+    columns.i32        int32 little-endian, (keys, chunks): index into the key's values, -1 when
+                       the chunk has no such key (format 1: no such key, or a value it did not keep)
     hashes.bin         16 bytes a chunk: blake2b of (model, embedded text), for reuse
     manifest.json      written last; for every file above its size, sha256 and the sha256 of each
                        8 MiB block (so blocks fetched in parallel are checked as they land); the
@@ -15,7 +18,11 @@ An index lives under ``indexes/<index_id>/`` in the store and never changes once
 
 Loading memory-maps every file, so it costs the same at any size; a chunk's text and metadata are
 parsed only when it is a hit. ``FORMAT_VERSION`` changes whenever a reader of the old version
-would misread the new one.
+would misread the new one: format 2 gives code -1 a new meaning (absent only), so a format 1
+reader, which refuses every version but its own, refuses it instead of answering list-valued
+filters wrongly. This reader reads both; in format 1 it knows where -1 is ambiguous
+(``complete_columns``). Distinct values are told apart by type as JSON does (``true``, ``1`` and
+``1.0`` are three values); filters compare them as LlamaIndex does.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "PROBE_TEXT",
+    "READABLE_VERSIONS",
     "Artifact",
     "ChunkingSpec",
     "Counts",
@@ -55,7 +63,8 @@ __all__ = [
     "write_artifact",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 DATA_FILES = (
     "vectors.f32",
@@ -71,7 +80,7 @@ PROBE_TEXT = (
 )
 _HASH_BYTES = 16
 BLOCK_SIZE = 8 * 1024 * 1024
-_SCALARS = (str, int, float, bool)
+_IDS_PREFIX = 512  # bytes of a docstore line read for its ids; a longer id parses the line
 
 
 class _Model(BaseModel):
@@ -156,9 +165,10 @@ def parse_manifest(data: bytes) -> Manifest:
     except ValueError as exc:
         raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise UnsupportedFormat(
-            f"index format version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+            f"index format version {version!r} is not supported (this build reads {readable})"
         )
     try:
         manifest = Manifest.model_validate(raw)
@@ -182,20 +192,35 @@ def verify_file(name: str, entry: FileEntry, size: int, blocks: list[str]) -> No
 
 
 def _columns(records: Sequence[NodeRecord]) -> tuple[dict[str, list[Any]], npt.NDArray[np.int32]]:
+    """Each metadata key's distinct values, and per key and chunk the index of its value."""
     values: dict[str, dict[Any, int]] = {}
-    for record in records:
+    firsts: dict[str, list[Any]] = {}
+    rows: dict[str, list[tuple[int, int]]] = {}
+    for row, record in enumerate(records):
         for key, value in record.metadata.items():
-            if isinstance(value, _SCALARS):
-                values.setdefault(key, {}).setdefault(value, len(values[key]))
+            lookup = values.setdefault(key, {})
+            identity = _identity(value)
+            code = lookup.get(identity)
+            if code is None:
+                code = lookup[identity] = len(lookup)
+                firsts.setdefault(key, []).append(value)
+            rows.setdefault(key, []).append((row, code))
     keys = sorted(values)
     codes = np.full((len(keys), len(records)), -1, dtype="<i4")
     for k, key in enumerate(keys):
-        lookup = values[key]
-        for row, record in enumerate(records):
-            value = record.metadata.get(key)
-            if isinstance(value, _SCALARS):
-                codes[k, row] = lookup[value]
-    return {key: list(values[key]) for key in keys}, codes
+        at = np.array(rows[key], dtype=np.int64).reshape(-1, 2)
+        codes[k, at[:, 0]] = at[:, 1]
+    return {key: firsts[key] for key in keys}, codes
+
+
+def _identity(value: Any) -> Any:
+    """A hashable key that tells JSON values apart as JSON does: ``True``, ``1`` and ``1.0``
+    differ (Python's ``==`` and ``hash`` would merge them)."""
+    if isinstance(value, float):  # repr: -0.0 is not 0.0, and every NaN is one value
+        return (float, repr(value))
+    if value is None or isinstance(value, str | int):  # bool is an int: the type tells
+        return (type(value), value)
+    return ("json", json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def write_artifact(
@@ -289,9 +314,46 @@ class Artifact:
             paths["columns.i32"], "<i4", (len(self.columns), n)
         )
         self.hashes: npt.NDArray[np.void] = _map(paths["hashes.bin"], f"V{_HASH_BYTES}", (n,))
+        self._ids: tuple[list[str], list[str]] | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def complete_columns(self) -> bool:
+        """Whether code -1 means only "no such key" (format 2); format 1 also gave it to null,
+        list and object values."""
+        return self.manifest.format_version >= 2
+
+    def ids(self) -> tuple[list[str], list[str]]:
+        """Every chunk's id and document id, read from the start of its docstore line on first
+        use (about 3 us a chunk), then kept."""
+        if self._ids is None:
+            decoder = json.JSONDecoder()
+            offsets = self._offsets.tolist()
+            ids: list[str] = []
+            docs: list[str] = []
+            for row in range(len(self)):
+                start = offsets[row]
+                head = self._docstore[start : min(offsets[row + 1], start + _IDS_PREFIX)]
+                text = head.tobytes().decode("utf-8", "ignore")  # a cut character, at the end
+                try:
+                    node, at = decoder.raw_decode(text, len('{"id":'))
+                    doc, _ = decoder.raw_decode(text, at + len(',"doc_id":'))
+                    if not (
+                        text.startswith('{"id":')
+                        and text.startswith(',"doc_id":', at)
+                        and isinstance(node, str)
+                        and isinstance(doc, str)
+                    ):
+                        raise ValueError(text)
+                except ValueError:  # cut short, or not the writer's layout: parse the line
+                    record = self.record(row)
+                    node, doc = record.id, record.doc_id
+                ids.append(node)
+                docs.append(doc)
+            self._ids = ids, docs
+        return self._ids
 
     def record(self, row: int) -> NodeRecord:
         """Parse one chunk's record."""

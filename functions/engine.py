@@ -25,12 +25,12 @@ from llama_index.core.query_engine.citation_query_engine import (
     CITATION_REFINE_TEMPLATE,
 )
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
-from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.llms.ollama import Ollama
 from pydantic import PrivateAttr
 
 from .embeddings import Embedder, ollama_base_url
-from .errors import RagError, UpstreamError, UpstreamTimeout
+from .errors import InvalidRequest, RagError, UpstreamError, UpstreamTimeout
+from .filters import equality_filter
 from .search import SearchIndex
 from .vector_store import ArtifactVectorStore
 
@@ -107,16 +107,6 @@ def unlabelled(nodes: list[Any]) -> list[tuple[str, float, str, dict[str, Any]]]
     ]
 
 
-def _filters(filters: dict[str, Any]) -> MetadataFilters | None:
-    if not filters:
-        return None
-    return MetadataFilters(
-        filters=[
-            MetadataFilter(key=k, value=v, operator=FilterOperator.EQ) for k, v in filters.items()
-        ]
-    )
-
-
 class StatelessChatEngine(CondensePlusContextChatEngine):
     """LlamaIndex's condense-plus-context engine for a conversation the client keeps.
 
@@ -148,29 +138,39 @@ class LlamaAnswerer:
         self._llm = llm
         self._timeout_s = float(getattr(llm, "request_timeout", 0) or 0)
 
-    def _query_engine(self, top_k: int, filters: dict[str, Any], streaming: bool) -> Any:
-        return RetrieverQueryEngine.from_args(
-            self._index.as_retriever(similarity_top_k=top_k, filters=_filters(filters)),
-            llm=self._llm,
-            node_postprocessors=[CitationLabels()],
-            text_qa_template=CITATION_QA_TEMPLATE,
-            refine_template=CITATION_REFINE_TEMPLATE,
-            streaming=streaming,
+    def _retriever(self, top_k: int, filters: dict[str, Any]) -> Any:
+        # The HTTP filters go to the vector store as they are, already translated: LlamaIndex's
+        # MetadataFilter would refuse values the API allows (True), and evaluates them the same.
+        return self._index.as_retriever(
+            similarity_top_k=top_k, vector_store_kwargs={"where": equality_filter(filters)}
         )
 
+    def _query_engine(self, top_k: int, filters: dict[str, Any], streaming: bool) -> Any:
+        with _built():
+            return RetrieverQueryEngine.from_args(
+                self._retriever(top_k, filters),
+                llm=self._llm,
+                node_postprocessors=[CitationLabels()],
+                text_qa_template=CITATION_QA_TEMPLATE,
+                refine_template=CITATION_REFINE_TEMPLATE,
+                streaming=streaming,
+            )
+
     def _chat_engine(self, top_k: int, filters: dict[str, Any]) -> StatelessChatEngine:
-        # from_defaults builds ``cls(...)``: a StatelessChatEngine here.
-        return StatelessChatEngine.from_defaults(  # type: ignore[return-value]
-            self._index.as_retriever(similarity_top_k=top_k, filters=_filters(filters)),
-            llm=self._llm,
-            context_prompt=CHAT_CONTEXT_PROMPT,
-            node_postprocessors=[CitationLabels()],
-        )
+        with _built():
+            # from_defaults builds ``cls(...)``: a StatelessChatEngine here.
+            return StatelessChatEngine.from_defaults(  # type: ignore[return-value]
+                self._retriever(top_k, filters),
+                llm=self._llm,
+                context_prompt=CHAT_CONTEXT_PROMPT,
+                node_postprocessors=[CitationLabels()],
+            )
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
         """The LLM's answer and the labelled ``NodeWithScore`` sources it was given."""
+        engine = self._query_engine(top_k, filters, streaming=False)
         with self._translated():
-            response = self._query_engine(top_k, filters, streaming=False).query(query)
+            response = engine.query(query)
         if not isinstance(response, Response):
             raise UpstreamError(f"the query engine returned a {type(response).__name__}")
         return str(response.response or ""), list(response.source_nodes)
@@ -182,8 +182,9 @@ class LlamaAnswerer:
 
         Closing the iterator closes the HTTP stream from Ollama, which stops generating.
         """
+        engine = self._query_engine(top_k, filters, streaming=True)
         with self._translated():
-            response = self._query_engine(top_k, filters, streaming=True).query(query)
+            response = engine.query(query)
         if not isinstance(response, StreamingResponse) or response.response_gen is None:
             raise UpstreamError(f"the query engine returned a {type(response).__name__}")
         return self._tokens(response.response_gen), list(response.source_nodes)
@@ -229,6 +230,22 @@ class LlamaAnswerer:
                 f"the LLM failed to answer: {type(exc).__name__}: {exc}",
                 transient=not (isinstance(status, int) and 400 <= status < 500 and status != 429),
             ) from exc
+
+
+@contextmanager
+def _built() -> Iterator[None]:
+    """Building an engine from the request's parameters calls no model server: what LlamaIndex
+    refuses there (its pydantic models' ValidationError is a ValueError) is the request's error,
+    never an outage."""
+    try:
+        yield
+    except RagError:
+        raise
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"LlamaIndex refused the request: {type(exc).__name__}: {exc}",
+            public="LlamaIndex refused the request's parameters",
+        ) from exc
 
 
 def _messages(history: list[tuple[str, str]]) -> list[ChatMessage]:

@@ -1,9 +1,19 @@
 """Exact nearest-neighbour search over an artifact, with metadata filters.
 
-Vectors are L2-normalised at build time, so cosine similarity is a matrix product; ``argpartition``
-picks the top k without sorting every score. Filters are evaluated on each key's few distinct
-values first and then applied to the int32 code column with ``np.isin``, so a filter costs one
-pass over a small integer column, never a parse of metadata.
+Vectors are L2-normalised at build time, so cosine similarity is a matrix product; ``partition``
+finds the k-th best score without sorting every score. Filters (``filters``) are evaluated on each
+key's few distinct values and mapped to chunks through an int32 code column, never by parsing
+metadata. A top k below 1 and a zero query vector have no meaning and are refused.
+
+The float32 product only shortlists: every row within its error bound of the k-th best score is
+scored again exactly as LlamaIndex's ``SimpleVectorStore`` scores it (float64 cosine of the stored
+vector and the query as given; a few microseconds a row, and the shortlist is usually the k rows
+and a few), and the top k are ranked on those scores. That makes the ranking
+independent of where a row sits in the matrix (BLAS kernels round rows differently: two copies of
+a vector can get float32 scores one ulp apart) and equal to LlamaIndex's. Rows with equal scores
+(copies of a vector) are ranked by node id, largest first: the k that LlamaIndex keeps are the k
+largest (score, node id) pairs, so the same rows make the cut. LlamaIndex's order among them is
+the array order of its heap, which depends on every other row; it is not reproduced.
 
 One exact query reads every vector, so memory bandwidth is the limit. All searches therefore run
 on one worker thread that takes every query waiting and answers them with one matrix product —
@@ -13,51 +23,25 @@ caller: OpenBLAS called from many threads at once oversubscribes the cores and c
 
 from __future__ import annotations
 
-import operator
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .artifact import Artifact, NodeRecord
-from .errors import InvalidRequest, UnsupportedFilter
+from .errors import InvalidRequest
+from .filters import FilterGroup, Filters
 
-__all__ = ["Condition", "FilterGroup", "Hit", "SearchIndex", "equality_filter"]
+__all__ = ["Hit", "SearchIndex"]
 
 _MAX_BATCH = 64
-
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "in": lambda value, wanted: value in wanted,
-    "nin": lambda value, wanted: value not in wanted,
-}
-
-
-@dataclass(frozen=True)
-class Condition:
-    """``metadata[key] <op> value``; rows without the key never match."""
-
-    key: str
-    op: str
-    value: Any
-
-
-@dataclass(frozen=True)
-class FilterGroup:
-    """Conditions (or nested groups) combined with ``and`` / ``or``."""
-
-    items: tuple[Condition | FilterGroup, ...]
-    combine: Literal["and", "or"] = "and"
+_PARSED_TIES = 256  # more rows tied than this: rank them with the cached id list
+_UNIT_ROUNDOFF = 2.0**-24  # float32
 
 
 @dataclass(frozen=True)
@@ -69,13 +53,6 @@ class Hit:
     record: NodeRecord
 
 
-def equality_filter(filters: dict[str, Any]) -> FilterGroup | None:
-    """The HTTP API's ``{"key": value}`` filters: every key must equal its value."""
-    if not filters:
-        return None
-    return FilterGroup(tuple(Condition(key, "==", value) for key, value in filters.items()))
-
-
 class SearchIndex:
     """Exact cosine search over an artifact's memory-mapped vectors, micro-batched."""
 
@@ -83,7 +60,10 @@ class SearchIndex:
         self.artifact = artifact
         self.vectors = artifact.vectors
         self.dim = artifact.manifest.embedding.dim
-        self._keys = {key: k for k, key in enumerate(artifact.columns)}
+        self.filters = Filters(artifact)
+        # |float32 score - exact cosine| <= (2 dim + 4) u for unit rows and query (dot product,
+        # query rounding, row norm); twice that keeps every row that could make the exact top k.
+        self._margin = (4 * self.dim + 16) * _UNIT_ROUNDOFF
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -93,17 +73,34 @@ class SearchIndex:
         return len(self.artifact)
 
     def search(
-        self, query: npt.NDArray[np.float32], top_k: int, where: FilterGroup | None = None
+        self,
+        query: npt.ArrayLike,
+        top_k: int,
+        where: FilterGroup | None = None,
+        *,
+        node_ids: Collection[str] | None = None,
+        doc_ids: Collection[str] | None = None,
     ) -> list[Hit]:
-        """The ``top_k`` rows most similar to ``query`` among those ``where`` admits, best first."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
+        """The ``top_k`` rows most similar to ``query`` among those ``where`` admits, best first;
+        only chunks with one of ``node_ids`` and of ``doc_ids`` when given (empty: none)."""
+        exact = np.asarray(query, dtype=np.float64).reshape(-1)
+        if exact.shape[0] != self.dim:
             raise InvalidRequest(
-                f"query vector has {query.shape[0]} dimensions, the index {self.dim}"
+                f"query vector has {exact.shape[0]} dimensions, the index {self.dim}"
             )
-        norm = float(np.sqrt(np.dot(query, query)))
-        rows = np.flatnonzero(self.mask(where)) if where is not None else None
-        job = _Job(query / norm if norm > 0 else query, top_k, rows, Future())
+        norm = float(np.linalg.norm(exact)) if np.isfinite(exact).all() else np.inf
+        if not 0 < norm < np.inf:
+            raise InvalidRequest(
+                "the query vector is zero or not finite: its cosine similarity is undefined"
+            )
+        if isinstance(top_k, bool) or top_k < 1:
+            raise InvalidRequest(f"top_k must be at least 1, not {top_k!r}")
+        scope = self.filters.scope(node_ids, doc_ids)
+        admitted = self.filters.mask(where, scope) if where is not None else None
+        if scope is not None:
+            admitted = scope if admitted is None else admitted & scope
+        rows = np.flatnonzero(admitted) if admitted is not None else None
+        job = _Job((exact / norm).astype(np.float32), top_k, rows, self._margin, Future())
         with self._lock:
             queued = not self._closed
             if queued:
@@ -115,10 +112,41 @@ class SearchIndex:
             # A request that started before a hot reload finishes on the index it started with,
             # in its own thread: nothing keeps a closed index (and its memory) alive after it.
             self._answer([job])
-        picked, scores = job.result.result()
+        return self._ranked(exact, job.result.result(), top_k)
+
+    def _ranked(
+        self, exact: npt.NDArray[np.float64], shortlist: npt.NDArray[np.intp], top_k: int
+    ) -> list[Hit]:
+        # LlamaIndex's similarity (base.embeddings.base.similarity), operation for operation, so
+        # that equal scores are equal and close ones are ordered as there: np.dot(q, e) /
+        # (norm(q) * norm(e)), with the stored row and the query as given, in float64.
+        query_norm = np.linalg.norm(exact)
+        scored = []
+        for row in shortlist.tolist():
+            stored = self.vectors[row].astype(np.float64)
+            norm = query_norm * np.linalg.norm(stored)
+            scored.append((float(np.dot(exact, stored) / norm) if norm > 0 else 0.0, row))
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        records: dict[int, NodeRecord] = {}
+        ranked: list[tuple[float, int]] = []
+        start = 0
+        while start < len(scored) and len(ranked) < top_k:
+            end = start + 1
+            while end < len(scored) and scored[end][0] == scored[start][0]:
+                end += 1
+            tied = scored[start:end]
+            if len(tied) > 1:  # by node id, largest first: the ones LlamaIndex keeps at a cut
+                if len(tied) > _PARSED_TIES:
+                    ids = self.artifact.ids()[0]
+                    tied.sort(key=lambda pair: ids[pair[1]], reverse=True)
+                else:
+                    records.update((row, self.artifact.record(row)) for _, row in tied)
+                    tied.sort(key=lambda pair: records[pair[1]].id, reverse=True)
+            ranked.extend(tied)
+            start = end
         return [
-            Hit(int(row), float(score), self.artifact.record(int(row)))
-            for row, score in zip(picked, scores, strict=True)
+            Hit(row, score, records.get(row) or self.artifact.record(row))
+            for score, row in ranked[:top_k]
         ]
 
     def close(self) -> None:
@@ -152,11 +180,11 @@ class SearchIndex:
             if plain:
                 scores = np.stack([job.query for job in plain]) @ self.vectors.T
                 for job, row in zip(plain, scores, strict=True):
-                    job.result.set_result(_top(row, job.top_k, None))
+                    job.result.set_result(_shortlist(row, job, None))
             for job in batch:
                 if job.rows is not None:
                     job.result.set_result(
-                        _top(self.vectors[job.rows] @ job.query, job.top_k, job.rows)
+                        _shortlist(self.vectors[job.rows] @ job.query, job, job.rows)
                     )
         except BaseException as exc:  # never leave a caller waiting
             for job in batch:
@@ -165,30 +193,7 @@ class SearchIndex:
 
     def mask(self, where: FilterGroup) -> npt.NDArray[np.bool_]:
         """The rows a filter admits."""
-        masks = [
-            self.mask(item) if isinstance(item, FilterGroup) else self._condition(item)
-            for item in where.items
-        ]
-        if not masks:
-            return np.ones(len(self), dtype=bool)
-        reduce = np.logical_and if where.combine == "and" else np.logical_or
-        return reduce.reduce(masks)  # type: ignore[no-any-return]
-
-    def _condition(self, condition: Condition) -> npt.NDArray[np.bool_]:
-        test = _OPS.get(condition.op)
-        if test is None:
-            raise UnsupportedFilter(f"filter operator {condition.op!r} is not supported")
-        if condition.op in ("in", "nin") and not isinstance(condition.value, list | tuple):
-            raise UnsupportedFilter(f"filter {condition.key!r} {condition.op} needs a list")
-        k = self._keys.get(condition.key)
-        if k is None:
-            return np.zeros(len(self), dtype=bool)
-        matching = [
-            code
-            for code, value in enumerate(self.artifact.columns[condition.key])
-            if _safe(test, value, condition.value)
-        ]
-        return np.isin(self.artifact.codes[k], matching)
+        return self.filters.mask(where)
 
 
 @dataclass(frozen=True)
@@ -196,23 +201,18 @@ class _Job:
     query: npt.NDArray[np.float32]
     top_k: int
     rows: npt.NDArray[np.intp] | None
-    result: Future[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]]
+    margin: float
+    result: Future[npt.NDArray[np.intp]]
 
 
-def _top(
-    scores: npt.NDArray[np.float32], top_k: int, rows: npt.NDArray[np.intp] | None
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
-    k = min(top_k, scores.shape[0])
-    if k <= 0:
-        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float32)
-    best = np.argpartition(-scores, k - 1)[:k]
-    best = best[np.argsort(-scores[best], kind="stable")]
-    return (rows[best] if rows is not None else best), scores[best]
-
-
-def _safe(test: Callable[[Any, Any], bool], value: Any, wanted: Any) -> bool:
-    try:
-        return bool(test(value, wanted))
-    except TypeError:
-        # Comparing a string with a number: that value does not match; it is not an error.
-        return False
+def _shortlist(
+    scores: npt.NDArray[np.float32], job: _Job, rows: npt.NDArray[np.intp] | None
+) -> npt.NDArray[np.intp]:
+    """The rows whose float32 score is within the error margin of the k-th best."""
+    n = scores.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    k = min(job.top_k, n)
+    kth = np.partition(scores, n - k)[n - k]
+    picked: Any = np.flatnonzero(scores >= kth - job.margin)
+    return rows[picked] if rows is not None else picked  # type: ignore[no-any-return]

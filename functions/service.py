@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 from .artifact import Manifest
 from .embeddings import Embedder
-from .search import Hit, SearchIndex, equality_filter
+from .filters import equality_filter
+from .search import Hit, SearchIndex
 
 __all__ = [
     "AnswerStream",

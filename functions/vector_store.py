@@ -2,7 +2,13 @@
 
 ``VectorStoreIndex.from_vector_store(ArtifactVectorStore(index))`` gives LlamaIndex's standard
 retriever, query engine and chat engine over a published index, with ``MetadataFilters``
-translated to the artifact's compact filter columns.
+translated to the artifact's compact filter columns. Its answers are ``SimpleVectorStore``'s over
+the same nodes and vectors (see ``filters`` and ``search`` for the few documented differences):
+the same ids in the same order, the same scores.
+
+A filter already translated (the HTTP API's) comes in as the ``where`` keyword, which LlamaIndex's
+retriever passes through from ``vector_store_kwargs``: it is never re-validated by LlamaIndex's
+``MetadataFilter``, which refuses values such as ``True`` that the HTTP API allows.
 """
 
 from __future__ import annotations
@@ -23,27 +29,30 @@ from llama_index.core.vector_stores.types import (
 from pydantic import PrivateAttr
 
 from .errors import InvalidRequest, UnsupportedFilter
-from .search import Condition, FilterGroup, SearchIndex
+from .filters import Combine, Condition, FilterGroup
+from .search import SearchIndex
 
 __all__ = ["ArtifactVectorStore", "translate_filters"]
 
 
 def translate_filters(filters: MetadataFilters | None) -> FilterGroup | None:
-    """LlamaIndex ``MetadataFilters`` → the search module's filters (``and``/``or``, nested)."""
-    if filters is None:
-        return None
+    """LlamaIndex ``MetadataFilters`` → the filters module's groups (``and``/``or``/``not``,
+    nested)."""
+    return None if filters is None else _group(filters)
+
+
+def _group(filters: MetadataFilters) -> FilterGroup:
     condition = str(getattr(filters.condition, "value", filters.condition) or "and")
-    if condition not in ("and", "or"):
+    if condition not in _COMBINE:
         raise UnsupportedFilter(f"filter condition {condition!r} is not supported")
-    items: list[Condition | FilterGroup] = []
-    for item in filters.filters:
-        if isinstance(item, MetadataFilters):
-            nested = translate_filters(item)
-            if nested is not None:
-                items.append(nested)
-        else:
-            items.append(_condition(item))
-    return FilterGroup(tuple(items), "and" if condition == "and" else "or")
+    items = tuple(
+        _group(item) if isinstance(item, MetadataFilters) else _condition(item)
+        for item in filters.filters
+    )
+    return FilterGroup(items, _COMBINE[condition])
+
+
+_COMBINE: dict[str, Combine] = {"and": "and", "or": "or", "not": "not"}
 
 
 def _condition(item: MetadataFilter) -> Condition:
@@ -79,18 +88,28 @@ class ArtifactVectorStore(BasePydanticVectorStore):
         """Refuse: published indexes are immutable."""
         raise InvalidRequest("a published index is read-only; build a new index instead")
 
-    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """Exact cosine search with the query's embedding, top k and metadata filters."""
+    def query(
+        self, query: VectorStoreQuery, where: FilterGroup | None = None, **kwargs: Any
+    ) -> VectorStoreQueryResult:
+        """Exact cosine search with the query's embedding, top k, metadata filters, node and
+        document ids, and ``where`` (a filter already translated) on top of its filters.
+
+        Empty ``node_ids`` or ``doc_ids`` restrict nothing: LlamaIndex's retriever sends
+        ``node_ids=[]`` to every store that keeps its own text, meaning "none given".
+        """
         if query.query_embedding is None:
             raise InvalidRequest("the artifact store needs a query embedding")
         if query.mode != VectorStoreQueryMode.DEFAULT:
             raise InvalidRequest(f"query mode {query.mode.value!r} is not supported (dense only)")
-        if query.doc_ids or query.node_ids:
-            raise UnsupportedFilter("doc_ids / node_ids restrictions are not supported")
+        filters = translate_filters(query.filters)
+        if filters is not None and where is not None:
+            where = FilterGroup((filters, where))
         hits = self._index.search(
-            np.asarray(query.query_embedding, dtype=np.float32),
+            np.asarray(query.query_embedding, dtype=np.float64),
             query.similarity_top_k,
-            translate_filters(query.filters),
+            filters if where is None else where,
+            node_ids=query.node_ids or None,
+            doc_ids=query.doc_ids or None,
         )
         nodes: list[BaseNode] = [
             TextNode(

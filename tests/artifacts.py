@@ -63,6 +63,33 @@ def random_artifact(
     return open_dir(directory, manifest), vectors.astype(np.float64)
 
 
+def artifact_of(
+    directory: Path,
+    vectors: np.ndarray,
+    records: list[NodeRecord],
+    *,
+    provider: str = "test",
+    model: str = "model",
+    probe: list[float] | None = None,
+) -> Artifact:
+    """An artifact of these (already normalised) vectors and records, written by the writer;
+    ``probe`` is the model's vector of ``PROBE_TEXT`` (for a function to model-check)."""
+    dim = vectors.shape[1]
+    manifest = write_artifact(
+        directory,
+        vectors=vectors.astype(np.float32),
+        records=records,
+        hashes=[content_hash(f"{provider}:{model}", r.text) for r in records],
+        embedding=EmbeddingSpec(provider=provider, model=model, dim=dim),
+        chunking=ChunkingSpec(chunk_size=100, chunk_overlap=10),
+        counts=Counts(documents=1, chunks=len(records), embedded=len(records), reused=0),
+        probe=Probe(text=PROBE_TEXT, vector=probe or [1.0] + [0.0] * (dim - 1)),
+        created_at=datetime(2026, 11, 27, 8, 15, 0, tzinfo=UTC),
+        builder_version="test",
+    )
+    return open_dir(directory, manifest)
+
+
 def open_dir(directory: Path, manifest: Manifest | None = None) -> Artifact:
     """Map an artifact folder (no integrity check: the tests of checks use the store)."""
     manifest = manifest or Manifest.model_validate_json((directory / MANIFEST).read_bytes())

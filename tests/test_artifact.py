@@ -61,8 +61,13 @@ def test_round_trip(tmp_path: Path) -> None:
         "colour": ["red", "green", "blue"],
         "even": [True, False],
         "rank": list(range(10)),
+        "tags": [["list", "ignored"]],
     }
-    assert artifact.codes.shape == (3, 50)
+    assert artifact.codes.shape == (4, 50)
+    assert artifact.ids() == (
+        [f"doc-{i // 5}#{i % 5}" for i in range(50)],
+        [f"doc-{i // 5}" for i in range(50)],
+    )
     assert bytes(artifact.hashes[3]) == content_hash("test:model", "chunk 3 text ünïcode")
 
 
@@ -109,13 +114,29 @@ def test_damaged_files_are_refused(tmp_path: Path, name: str, damage: object, me
         fetch_artifact(store, manifest, tmp_path / "cache")
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None], ids=["zero", "future", "string", "absent"])
+@pytest.mark.parametrize(
+    "version", [0, 3, "2", True, None], ids=["zero", "future", "string", "bool", "absent"]
+)
 def test_unknown_format_version_is_refused(tmp_path: Path, version: object) -> None:
     artifact, _ = random_artifact(tmp_path / "a")
     raw = json.loads(artifact.manifest.model_dump_json())
     raw["format_version"] = version
-    with pytest.raises(UnsupportedFormat, match=f"this build reads {FORMAT_VERSION}"):
+    with pytest.raises(UnsupportedFormat, match="this build reads 1 and 2"):
         parse_manifest(json.dumps(raw).encode())
+
+
+def test_new_artifacts_are_format_2_which_a_format_1_reader_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 2 gives columns.i32's -1 a narrower meaning; a format 1 reader (which accepts
+    exactly its own version) must refuse it rather than read list values as absent."""
+    artifact, _ = random_artifact(tmp_path / "a")
+    assert (artifact.manifest.format_version, FORMAT_VERSION) == (2, 2)
+    monkeypatch.setattr("functions.artifact.READABLE_VERSIONS", (1,))
+    with pytest.raises(
+        UnsupportedFormat, match=r"version 2 is not supported \(this build reads 1\)"
+    ):
+        parse_manifest((tmp_path / "a" / MANIFEST).read_bytes())
 
 
 def test_manifest_that_is_not_json_or_misses_fields_is_refused(tmp_path: Path) -> None:
@@ -157,13 +178,27 @@ def test_manifest_under_the_wrong_id_is_refused(tmp_path: Path) -> None:
 
 
 _text = st.text(min_size=1, max_size=200)
+_scalar = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.integers(-5, 5),
+    st.booleans(),
+    st.floats(-2, 2),
+    st.sampled_from([0.0, -0.0, 1.0, 1, True]),
+)
 _meta = st.dictionaries(
-    st.text(min_size=1, max_size=10),
+    st.sampled_from(["a", "b", "c", "ü"]),
     st.one_of(
-        st.text(max_size=20), st.integers(-5, 5), st.booleans(), st.lists(st.integers(), max_size=2)
+        _scalar,
+        st.lists(_scalar, max_size=2),
+        st.dictionaries(st.text(max_size=3), _scalar, max_size=2),
     ),
     max_size=4,
 )
+
+
+def _typed(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 @settings(
@@ -193,6 +228,15 @@ def test_any_records_round_trip(
     artifact = fetch_artifact(store, read_manifest(store, "stable"), directory / "cache")
     assert artifact.manifest == manifest
     assert [artifact.record(i) for i in range(len(rows))] == rows
+    assert artifact.ids() == ([r.id for r in rows], [r.doc_id for r in rows])
+    # The columns give back every value, type and all (True, 1 and 1.0 stay apart), and -1 only
+    # where the key is missing.
+    for k, key in enumerate(artifact.columns):
+        assert [
+            None if code == -1 else _typed(artifact.columns[key][code])
+            for code in artifact.codes[k].tolist()
+        ] == [_typed(r.metadata[key]) if key in r.metadata else None for r in rows]
+    assert set(artifact.columns) == {key for r in rows for key in r.metadata}
 
 
 @settings(

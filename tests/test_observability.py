@@ -67,7 +67,7 @@ def test_metrics_count_requests_cold_start_index_and_upstream_calls(
             revision="rag-query-00007",
             embed_provider="ollama",
             embed_model="nomic-embed-text",
-            format_version="1",
+            format_version="2",
         )
         == 1
     )

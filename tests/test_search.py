@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from functions.artifact import NodeRecord
+from functions.embeddings import normalize
 from functions.errors import InvalidRequest, UnsupportedFilter
-from functions.search import Condition, FilterGroup, SearchIndex, equality_filter
+from functions.filters import Condition, FilterGroup, equality_filter
+from functions.search import SearchIndex
 
-from .artifacts import random_artifact
+from .artifacts import artifact_of, random_artifact
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,9 @@ ALL = set(range(2000))
             {i for i in ALL if (i % 10 < 2 or i % 10 > 8) and i % 2 == 0},
         ),
         (FilterGroup((Condition("absent", "==", "x"),)), set()),
-        (FilterGroup((Condition("colour", ">", 3),)), set()),
+        (FilterGroup((Condition("absent", "!=", "x"),)), ALL),
+        (FilterGroup((Condition("tags", "contains", "list"),)), ALL),
+        (FilterGroup((Condition("colour", "==", "red"),), "not"), {i for i in ALL if i % 3 != 0}),
         (FilterGroup(()), ALL),
     ],
     ids=[
@@ -101,7 +106,9 @@ ALL = set(range(2000))
         "or",
         "nested",
         "unknown-key",
-        "type-mismatch",
+        "unknown-key-ne",
+        "contains",
+        "not",
         "empty",
     ],
 )
@@ -112,15 +119,43 @@ def test_filter_operators(
 
 
 @pytest.mark.parametrize(
-    "condition",
-    [Condition("colour", "contains", "r"), Condition("rank", "in", 3)],
-    ids=["unknown-op", "in-without-list"],
+    ("condition", "message"),
+    [
+        (Condition("colour", "regex", "r"), "operator 'regex' is not supported"),
+        (Condition("rank", "in", 3), r"'rank' in 3 cannot be evaluated .* TypeError"),
+        (Condition("colour", ">", 3), r"'colour' > 3 cannot be evaluated on the value 'red'"),
+    ],
+    ids=["unknown-op", "in-without-list", "type-mismatch"],
 )
 def test_unsupported_filters_are_refused(
-    indexed: tuple[SearchIndex, np.ndarray], condition: Condition
+    indexed: tuple[SearchIndex, np.ndarray], condition: Condition, message: str
 ) -> None:
-    with pytest.raises(UnsupportedFilter):
+    with pytest.raises(UnsupportedFilter, match=message):
         indexed[0].mask(FilterGroup((condition,)))
+
+
+@pytest.mark.parametrize(
+    ("dim", "n"), [(7, 301), (768, 50), (7, 1000)], ids=["7x301", "768x50", "7x1000-ids"]
+)
+def test_copies_of_a_vector_tie_wherever_they_sit_and_rank_by_node_id(
+    tmp_path: Path, dim: int, n: int
+) -> None:
+    """BLAS rounds rows differently by position (at these shapes, copies of a vector get float32
+    scores an ulp apart); the exact second pass scores copies equally, and ties go by node id,
+    largest first, so the k kept are those LlamaIndex keeps."""
+    rng = np.random.default_rng(5)
+    base = normalize(rng.standard_normal((3, dim)))
+    which = rng.integers(0, 3, n)
+    records = [NodeRecord(f"node-{i:03d}", "doc", f"text {i}") for i in range(n)]
+    artifact = artifact_of(tmp_path, base[which], records)
+    index = SearchIndex(artifact)
+    query = base[0] + 0.1 * rng.standard_normal(dim)
+    copies = sorted((f"node-{i:03d}" for i in np.flatnonzero(which == 0)), reverse=True)
+    for where in (None, FilterGroup(())):  # the batched product, and the filtered one
+        hits = index.search(query, 7, where)
+        assert [hit.record.id for hit in hits] == copies[:7]
+        assert len({hit.score for hit in hits}) == 1
+    index.close()
 
 
 def test_wrong_query_dimension_is_refused(indexed: tuple[SearchIndex, np.ndarray]) -> None:

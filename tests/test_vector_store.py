@@ -118,35 +118,62 @@ def test_query_engine_retrieves_with_a_precomputed_embedding(
             VectorStoreQuery(query_embedding=[1.0] * 32, mode=VectorStoreQueryMode.SPARSE),
             InvalidRequest,
         ),
-        (VectorStoreQuery(query_embedding=[1.0] * 32, doc_ids=["doc-1"]), UnsupportedFilter),
+        (VectorStoreQuery(query_embedding=[0.0] * 32), InvalidRequest),
+        (VectorStoreQuery(query_embedding=[1.0] * 32, similarity_top_k=0), InvalidRequest),
         (
             VectorStoreQuery(
                 query_embedding=[1.0] * 32,
                 filters=MetadataFilters(
-                    filters=[MetadataFilter(key="colour", value="x")], condition=FilterCondition.NOT
-                ),
-            ),
-            UnsupportedFilter,
-        ),
-        (
-            VectorStoreQuery(
-                query_embedding=[1.0] * 32,
-                filters=MetadataFilters(
-                    filters=[
-                        MetadataFilter(key="colour", value="x", operator=FilterOperator.TEXT_MATCH)
-                    ]
+                    filters=[MetadataFilter(key="colour", value=3, operator=FilterOperator.GT)]
                 ),
             ),
             UnsupportedFilter,
         ),
     ],
-    ids=["no-embedding", "sparse", "doc-ids", "not", "text-match"],
+    ids=["no-embedding", "sparse", "zero-vector", "top-k-0", "text-greater-than-number"],
 )
 def test_unsupported_queries_are_refused(
     setup: tuple[ArtifactVectorStore, np.ndarray], query: VectorStoreQuery, error: type
 ) -> None:
     with pytest.raises(error):
         setup[0].query(query)
+
+
+def test_not_doc_ids_and_text_match_are_applied(
+    setup: tuple[ArtifactVectorStore, np.ndarray],
+) -> None:
+    store, vectors = setup
+    query = np.random.default_rng(14).standard_normal(32)
+    result = store.query(
+        VectorStoreQuery(
+            query_embedding=list(query),
+            similarity_top_k=5,
+            doc_ids=["doc-1", "doc-7", "doc-8"],
+            filters=MetadataFilters(
+                filters=[
+                    MetadataFilter(key="colour", value="re", operator=FilterOperator.TEXT_MATCH),
+                    MetadataFilter(key="tags", value="list", operator=FilterOperator.CONTAINS),
+                ],
+                condition=FilterCondition.NOT,
+            ),
+        )
+    )
+    # not red, not green (both contain "re"), and every chunk has the tag: nothing passes NOT.
+    assert result.ids == []
+    result = store.query(
+        VectorStoreQuery(
+            query_embedding=list(query),
+            similarity_top_k=5,
+            doc_ids=["doc-1", "doc-7", "doc-8"],
+            filters=MetadataFilters(
+                filters=[
+                    MetadataFilter(key="colour", value="re", operator=FilterOperator.TEXT_MATCH)
+                ],
+                condition=FilterCondition.NOT,
+            ),
+        )
+    )
+    assert result.ids == reference(vectors, query, 5, lambda i: i // 5 in (1, 7, 8) and i % 3 == 2)
 
 
 def test_store_is_read_only(setup: tuple[ArtifactVectorStore, np.ndarray]) -> None:
