@@ -20,30 +20,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .edge import Edge
-from .errors import (
-    ConfigurationError,
-    DeadlineExceeded,
-    InvalidEvent,
-    RagError,
-    UnsupportedEventType,
-)
-from .events import INDEX_PUBLISHED, QUERY_REQUEST, Deduplicator, parse, reply
-from .guards import ApiKeys, JsonBodies, Limits
+from .errors import ConfigurationError, DeadlineExceeded, RagError
+from .events import ACCEPTED_MEDIA_TYPES
+from .guards import ApiKeys, JsonBodies, Limits, describe_security
 from .loader import IndexLoader
 from .logs import configure
 from .metrics import Metrics
 from .problems import Problem as ProblemModel
 from .problems import problem, problem_body, problem_responses
+from .receiver import COMPONENTS, add_events_route
 from .schemas import (
-    EVENT_EXAMPLE,
     METRICS_EXAMPLE,
-    QUERY_RESPONSE_EXAMPLE,
     READY_EXAMPLE,
     SSE_EXAMPLE,
     ChatRequest,
@@ -93,15 +85,19 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         yield
 
     app = FastAPI(title="knative-rag query function", version="0.1.0", lifespan=lifespan)
-    # The problem schema every error response refers to.
+    keys, tokens = api_keys(settings), token_verifier(settings)
     original_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = original_openapi()
-            document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
-                ProblemModel.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            # The problem schema every error response refers to; the CloudEvents /events takes.
+            schemas["Problem"] = ProblemModel.model_json_schema(
+                ref_template="#/components/schemas/{model}"
             )
+            schemas.update(COMPONENTS)
+            describe_security(document, keys=bool(keys), token_paths=("/events",) if tokens else ())
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -114,7 +110,6 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     app.add_middleware(
         Limits, max_body_bytes=settings.max_body_bytes, max_concurrency=settings.max_concurrency
     )
-    keys, tokens = api_keys(settings), token_verifier(settings)
     if keys or tokens:
         app.add_middleware(ApiKeys, keys=keys, tokens=tokens, token_paths=("/events",))
     if not keys:
@@ -131,9 +126,11 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 "%s %s: %s %s: %s", request.method, request.url.path, exc.status, exc.title,
                 exc.message,
             )  # fmt: skip
-        headers = {"Retry-After": "1"} if exc.status in (503, 504) else None
         response = problem(exc.status, exc.public, exc.title)
-        response.headers.update(headers or {})
+        if exc.status in (503, 504):
+            response.headers["Retry-After"] = "1"
+        elif exc.status == 415:  # a CloudEvents format /events cannot read
+            response.headers["Accept-Post"] = ACCEPTED_MEDIA_TYPES
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -143,7 +140,9 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+        response = problem(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110, section 15.5.6)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -156,7 +155,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         response_class=PlainTextResponse,
         responses={
             200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}},
-            **problem_responses(401),
+            **problem_responses(401, 500, 503),
         },
     )
     async def metrics_text() -> Response:
@@ -165,7 +164,10 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     @app.get(
         "/healthz",
         summary="Liveness: the process is up.",
-        responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+        responses={
+            200: {"content": {"application/json": {"example": {"status": "ok"}}}},
+            **problem_responses(500),
+        },
     )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -175,7 +177,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
         responses={
             200: {"content": {"application/json": {"example": READY_EXAMPLE}}},
-            **problem_responses(503),
+            **problem_responses(500, 503),
         },
     )
     async def readyz() -> Response:
@@ -243,7 +245,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "`token` events with pieces of the answer, then an `end` event whose data is the "
             "whole response (sources, cited, index_id), or an `error` event with a problem."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 500, 503, 504)},
     )
     async def query(body: QueryRequest, request: Request, response: Response) -> Any:
         if wants_events(request.headers.get("accept", "")):
@@ -264,7 +266,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "retrieves, and answers with citations. Without an LLM it answers the last message "
             "extractively. `Accept: text/event-stream` streams as for `/query`."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 500, 503, 504)},
     )
     async def chat(body: ChatRequest, request: Request, response: Response) -> Any:
         history: list[tuple[str, str]] = [(m.role, m.content) for m in body.messages[:-1]]
@@ -281,73 +283,13 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         response.headers["X-Index-Id"] = answer.index_id
         return answer
 
-    dedup = Deduplicator()
+    async def answer(body: QueryRequest, deadline_s: float) -> QueryResponse:
+        return await _within(deadline_s, _answer, loader, body)
+
     source = f"knative-rag/{settings.service or 'rag-query'}/{settings.revision or 'local'}"
-
-    @app.post(
-        "/events",
-        status_code=202,
-        summary="Knative Eventing: query requests (200 + reply event) and index-published events.",
-        description=(
-            "CloudEvents 1.0 in binary mode (attributes in `ce-*` headers, the data as the "
-            "body) or structured mode (`application/cloudevents+json`). A query request gets "
-            "200 with the reply event in binary mode (or 202 with `Prefer: return=minimal`); "
-            "an index-published event gets 202 and a background reload."
-        ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/cloudevents+json": {
-                        "schema": {"type": "object"},
-                        "example": EVENT_EXAMPLE,
-                    },
-                    "application/json": {
-                        "schema": {"type": "object"},
-                        "example": EVENT_EXAMPLE["data"],
-                    },
-                },
-            }
-        },
-        responses={
-            200: {
-                "description": "The reply event (binary mode: ce-* headers, this body)",
-                "content": {"application/json": {"example": QUERY_RESPONSE_EXAMPLE}},
-            },
-            202: {
-                "description": (
-                    "Accepted: an index-published event (reloading, or ignored by a pinned "
-                    "revision), a query answered with `Prefer: return=minimal`, or a duplicate"
-                ),
-                "content": {"application/json": {"example": {"status": "reloading"}}},
-            },
-            **problem_responses(400, 401, 403, 413, 503, 504),
-        },
+    add_events_route(
+        app, loader=loader, answer=answer, source=source, timeout_s=settings.request_timeout_s
     )
-    async def events(request: Request) -> Response:
-        event = parse(request.headers, await request.body())
-        if dedup.seen(event):
-            # Delivered twice (Knative retries at least once): handled once already.
-            return JSONResponse({"status": "duplicate: already handled"}, status_code=202)
-        if event.type == QUERY_REQUEST:
-            body = _query_request(event.data)
-            answer = await _within(settings.request_timeout_s, _answer, loader, body)
-            dedup.remember(event)
-            headers = {"X-Index-Id": answer.index_id}
-            if "return=minimal" in request.headers.get("prefer", "").lower():
-                return JSONResponse({"status": "answered"}, status_code=202, headers=headers)
-            reply_headers, payload = reply(answer.model_dump(mode="json"), event, source)
-            return Response(payload, status_code=200, headers={**reply_headers, **headers})
-        if event.type == INDEX_PUBLISHED:
-            loader.require()  # still loading: 503, and Knative retries the event later
-            reloading = loader.request_reload()
-            dedup.remember(event)
-            status = "reloading" if reloading else "ignored: this revision pins its index"
-            return JSONResponse({"status": status}, status_code=202)
-        raise UnsupportedEventType(
-            f"event type {event.type!r} is not handled (use {QUERY_REQUEST} or {INDEX_PUBLISHED})"
-        )
-
     return app
 
 
@@ -370,20 +312,6 @@ def _answer(loader: IndexLoader, body: QueryRequest) -> QueryResponse:
     run = service.answer if body.mode == "answer" else service.retrieve
     result = run(body.query, body.top_k, dict(body.filters))
     return QueryResponse.model_validate(result, from_attributes=True)
-
-
-def _query_request(data: Any) -> QueryRequest:
-    try:
-        return (
-            QueryRequest.model_validate_json(data)
-            if isinstance(data, str | bytes)
-            else QueryRequest.model_validate(data)
-        )
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "data" for e in exc.errors())
-        raise InvalidEvent(
-            f"the query request's data is not a valid /query body: {fields}"
-        ) from exc
 
 
 def __getattr__(name: str) -> FastAPI:

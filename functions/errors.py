@@ -12,6 +12,7 @@ used, with ``raise ... from exc``.
     ├── InvalidRequest             400  a request the function cannot answer as asked
     │   ├── UnsupportedFilter      400  a metadata filter the index cannot evaluate
     │   ├── InvalidEvent           400  a CloudEvent that is malformed or lacks a required attribute
+    │   ├── UnsupportedEventFormat 415  a CloudEvents format (a Content-Type) it cannot read
     │   └── UnsupportedEventType   400  a CloudEvent of a type this function does not handle
     ├── NotReady                   503  no index is loaded (yet, or loading failed)
     ├── DeadlineExceeded           504  the request ran past its deadline (RAG_REQUEST_TIMEOUT_S)
@@ -42,6 +43,7 @@ __all__ = [
     "ObjectNotFound",
     "RagError",
     "StoreError",
+    "UnsupportedEventFormat",
     "UnsupportedEventType",
     "UnsupportedFilter",
     "UnsupportedFormat",
@@ -105,6 +107,13 @@ class InvalidEvent(InvalidRequest):
     """A CloudEvent that is malformed or lacks a required attribute (not retried)."""
 
     title = "Invalid CloudEvent"
+
+
+class UnsupportedEventFormat(InvalidRequest):
+    """A CloudEvents format this function cannot read, e.g. ``application/cloudevents+xml``."""
+
+    status = 415
+    title = "Unsupported CloudEvents format"
 
 
 class UnsupportedEventType(InvalidRequest):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .oidc import TokenVerifier
 from .problems import send_problem
 
-__all__ = ["OPEN_PATHS", "ApiKeys", "JsonBodies", "Limits", "is_json"]
+__all__ = ["OPEN_PATHS", "ApiKeys", "JsonBodies", "Limits", "describe_security", "is_json"]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -117,6 +118,28 @@ async def _refuse(
     if insufficient:
         error = ', error="insufficient_scope"'
     await send_problem(send, status, detail, headers={"WWW-Authenticate": _CHALLENGE + error})
+
+
+def describe_security(
+    document: dict[str, Any], *, keys: bool, token_paths: Iterable[str] = ()
+) -> None:
+    """Declare in an OpenAPI document what ``ApiKeys`` requires: with ``keys``, a key on every
+    operation but the health checks; on ``token_paths``, a key or a bearer token."""
+    token_paths = frozenset(token_paths)
+    if not keys and not token_paths:
+        return
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    accepted = ["an API key"] * keys + ["a Knative Eventing OIDC token on /events"] * bool(
+        token_paths
+    )
+    schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": " or ".join(accepted)}
+    if keys:
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, operations in document.get("paths", {}).items():
+        if path in OPEN_PATHS or not (keys or path in token_paths):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"apiKey": []}, {"bearer": []}] if keys else [{"bearer": []}]
 
 
 def is_json(content_type: str) -> bool:

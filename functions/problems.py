@@ -34,6 +34,7 @@ _EXAMPLES = {
         "the request body must be JSON: Content-Type: application/json",
     ),
     422: ("Invalid request body", "the request body is not valid"),
+    500: ("Internal error", "an unexpected error occurred"),
     503: ("Index not ready", "index is loading"),
     504: ("Request deadline exceeded", "no answer within 140 s"),
 }
@@ -50,14 +51,21 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": HTTPStatus(status).phrase,
             "content": {"application/problem+json": {"schema": schema, "example": example}},
         }
-        if status == 415:
+        if status in _HEADERS:
+            name, description = _HEADERS[status]
             responses[status]["headers"] = {
-                "Accept-Post": {
-                    "description": "The media type a POST here takes: application/json.",
-                    "schema": {"type": "string"},
-                }
+                name: {"description": description, "schema": {"type": "string"}}
             }
     return responses
+
+
+# The header each of these statuses comes with.
+_HEADERS = {
+    401: ("WWW-Authenticate", "The challenge: Bearer, with an error code when one was sent."),
+    415: ("Accept-Post", "The media types a POST here takes."),
+    503: ("Retry-After", "Seconds to wait before retrying (not from /readyz)."),
+    504: ("Retry-After", "Seconds to wait before retrying."),
+}
 
 
 def problem_body(status: int, detail: str, title: str | None = None) -> dict[str, Any]:

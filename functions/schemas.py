@@ -3,9 +3,10 @@ for the routes without a body model (readiness, metrics, CloudEvents, SSE)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "EVENT_EXAMPLE",
@@ -22,6 +23,17 @@ __all__ = [
 ]
 
 FilterValue = str | int | float | bool
+
+
+def _json_integer(value: Any) -> Any:
+    """What the schema's ``integer`` admits (5, 5.0), not what pydantic's lax mode turns into
+    one (true, "5")."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_json_integer)]
 MAX_MESSAGES = 20  # a conversation's turns sent back by the client, the last one included
 _SOURCE_EXAMPLE: dict[str, Any] = {
     "id": "channels.md#2",
@@ -59,7 +71,7 @@ class QueryRequest(BaseModel):
     )
 
     query: str = Field(min_length=1, max_length=4096, description="The question.")
-    top_k: int = Field(5, ge=1, le=50, description="How many sources to return.")
+    top_k: Integer = Field(5, ge=1, le=50, description="How many sources to return.")
     mode: Literal["answer", "retrieve"] = Field(
         "answer", description="Answer with an LLM, or only retrieve."
     )
@@ -77,6 +89,20 @@ class Message(BaseModel):
 
     role: Literal["user", "assistant"]
     content: str = Field(min_length=1, max_length=4096)
+
+
+def _last_is_the_users(schema: dict[str, Any]) -> None:
+    """States "the last message is the user's" in the schema itself.
+
+    JSON Schema has no keyword for an array's last item, but a conversation has at most
+    ``MAX_MESSAGES`` messages: one branch per length, each pinning the role of its last item,
+    says exactly what the validator below accepts.
+    """
+    last: dict[str, Any] = {"properties": {"role": {"const": "user"}}}
+    schema["anyOf"] = [
+        {"minItems": n, "maxItems": n, "prefixItems": [*({} for _ in range(n - 1)), last]}
+        for n in range(1, MAX_MESSAGES + 1)
+    ]
 
 
 class ChatRequest(BaseModel):
@@ -108,8 +134,9 @@ class ChatRequest(BaseModel):
             f"The conversation, oldest first, at most {MAX_MESSAGES} messages; the last one is "
             "the user's new message. The server keeps nothing between requests."
         ),
+        json_schema_extra=_last_is_the_users,
     )
-    top_k: int = Field(5, ge=1, le=50, description="How many sources to retrieve.")
+    top_k: Integer = Field(5, ge=1, le=50, description="How many sources to retrieve.")
     filters: dict[str, FilterValue] = Field(
         default_factory=dict, max_length=16, description="Metadata equality filters."
     )

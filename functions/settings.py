@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         64, ge=1, description="Requests in flight before new ones get 503 + Retry-After."
     )
+    api_gateway_base_path: str = Field(
+        "/",
+        pattern=r"^/",
+        description="AWS Lambda: the API Gateway stage or custom-domain base path before the "
+        "routes in request paths (/prod), stripped; / = none.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines as JSON objects or text; auto = JSON unless on a terminal."

@@ -384,3 +384,57 @@ def test_with_local_embeddings_retrieve_mode_survives_ollama_down(tmp_path: Path
         assert wait_ready(client, timeout=120).status_code == 200
         outcomes = _outcomes(client)
     assert outcomes == {"retrieve": 200, "answer": 503, "chat": 503}
+
+
+@pytest.fixture(scope="module")
+def served(
+    published: Published, _ollama_server: Ollama, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """One function, ready, for the tests that only send requests."""
+    settings = settings_for(published.store_uri, _ollama_server, tmp_path_factory.mktemp("served"))
+    with function(settings) as client:
+        wait_ready(client)
+        yield client
+
+
+WRONG_METHODS = [
+    ("GET", "/query", {"POST"}),
+    ("PUT", "/query", {"POST"}),
+    ("GET", "/chat", {"POST"}),
+    ("DELETE", "/chat", {"POST"}),
+    ("GET", "/events", {"POST"}),
+    ("TRACE", "/events", {"POST"}),
+    ("POST", "/healthz", {"GET"}),
+    ("DELETE", "/readyz", {"GET"}),
+    ("PUT", "/metrics", {"GET"}),
+    ("POST", "/openapi.json", {"GET", "HEAD"}),
+    ("POST", "/docs", {"GET", "HEAD"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    WRONG_METHODS,
+    ids=[f"{method}-{path.strip('/')}" for method, path, _ in WRONG_METHODS],
+)
+def test_a_wrong_method_is_405_with_the_allowed_ones(
+    served: httpx.Client, method: str, path: str, allowed: set[str]
+) -> None:
+    """RFC 9110, section 15.5.6: a 405 MUST say in Allow which methods the resource takes."""
+    response = served.request(method, path)
+    assert (
+        response.status_code,
+        response.headers["content-type"],
+        {m.strip() for m in response.headers.get("allow", "").split(",") if m.strip()},
+        response.json(),
+    ) == (
+        405,
+        "application/problem+json",
+        allowed,
+        {
+            "type": "about:blank",
+            "title": "Method Not Allowed",
+            "status": 405,
+            "detail": "Method Not Allowed",
+        },
+    )

@@ -75,6 +75,7 @@ def test_only_errors_about_the_request_show_their_message() -> None:
         "InvalidRequest",
         "UnsupportedFilter",
         "InvalidEvent",
+        "UnsupportedEventFormat",
         "UnsupportedEventType",
         "NotReady",
         "DeadlineExceeded",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import re
@@ -28,12 +29,16 @@ HEADERS = {
 
 
 def http_api_v2(
-    domain: str = "abc123.execute-api.us-east-1.amazonaws.com", route: str = "POST /query"
+    domain: str = "abc123.execute-api.us-east-1.amazonaws.com",
+    route: str = "POST /query",
+    stage: str = "$default",
 ) -> dict[str, Any]:
+    # On a named stage, an HTTP API keeps the stage in rawPath and http.path.
+    path = "/query" if stage == "$default" else f"/{stage}/query"
     return {
         "version": "2.0",
         "routeKey": route,
-        "rawPath": "/query",
+        "rawPath": path,
         "rawQueryString": "",
         "headers": {**HEADERS, "content-length": str(len(BODY))},
         "requestContext": {
@@ -43,14 +48,14 @@ def http_api_v2(
             "domainPrefix": domain.split(".")[0],
             "http": {
                 "method": "POST",
-                "path": "/query",
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": "203.0.113.7",
                 "userAgent": "curl/8.5.0",
             },
             "requestId": "JKJaXmPLvHcESHA=",
             "routeKey": route,
-            "stage": "$default",
+            "stage": stage,
             "time": "27/Nov/2026:08:15:00 +0000",
             "timeEpoch": 1795767300000,
         },
@@ -63,10 +68,14 @@ def function_url() -> dict[str, Any]:
     return http_api_v2(domain="a1b2c3d4e5.lambda-url.us-east-1.on.aws", route="$default")
 
 
-def rest_api_v1() -> dict[str, Any]:
+def http_api_v2_on_a_stage() -> dict[str, Any]:
+    return http_api_v2(stage="prod")
+
+
+def rest_api_v1(path: str = "/query") -> dict[str, Any]:
     return {
         "resource": "/{proxy+}",
-        "path": "/query",
+        "path": path,
         "httpMethod": "POST",
         "headers": HEADERS,
         "multiValueHeaders": {k: [v] for k, v in HEADERS.items()},
@@ -121,15 +130,31 @@ class Context:
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rag-query"
 
 
+def rest_api_v1_with_the_stage_in_the_path() -> dict[str, Any]:
+    """What a REST API's custom domain with a base path mapping (or a stage) sends."""
+    return rest_api_v1("/prod/query")
+
+
+@pytest.fixture
+def base_path() -> str:
+    """RAG_API_GATEWAY_BASE_PATH; a test parametrizes it to change it."""
+    return "/"
+
+
 @pytest.fixture
 def lambda_module(
-    published: Published, ollama: Ollama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    published: Published,
+    ollama: Ollama,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    base_path: str,
 ) -> Iterator[tuple[ModuleType, list[str]]]:
     for name, value in {
         "RAG_STORE_URI": published.store_uri,
         "RAG_CACHE_DIR": str(tmp_path / "cache"),
         "RAG_LLM_PROVIDER": "none",
         "OLLAMA_HOST": ollama.url,
+        "RAG_API_GATEWAY_BASE_PATH": base_path,
     }.items():
         monkeypatch.setenv(name, value)
     fetched: list[str] = []
@@ -237,3 +262,115 @@ def test_two_invocations_download_the_index_once(
         assert module.handler(http_api_v2(), Context())["statusCode"] == 200
     assert len(fetched) == 6
     assert module.loader.state == "ready"
+
+
+FRONT_DOORS = [http_api_v2, function_url, rest_api_v1, alb]
+FRONT_DOOR_IDS = ["http-api-v2", "function-url", "rest-api-v1", "alb"]
+
+
+@pytest.mark.parametrize("base_path", ["/prod", "/prod/"], ids=["prod", "trailing-slash"])
+@pytest.mark.parametrize(
+    "event",
+    [rest_api_v1_with_the_stage_in_the_path, http_api_v2_on_a_stage, alb, function_url],
+    ids=["rest-api-v1-stage-in-path", "http-api-v2-named-stage", "alb", "function-url"],
+)
+def test_the_api_gateway_base_path_is_stripped(
+    lambda_module: tuple[ModuleType, list[str]],
+    published: Published,
+    ollama: Ollama,
+    event: Any,
+    base_path: str,
+) -> None:
+    """API Gateway's stage or base path leaves the path; an ALB or a function URL has none."""
+    module, _ = lambda_module
+    response = module.handler(event(), Context())
+    assert (response["statusCode"], json.loads(response["body"])) == (
+        200,
+        expected_answer(published, ollama),
+    )
+
+
+def test_without_the_base_path_configured_a_staged_path_is_not_found(
+    lambda_module: tuple[ModuleType, list[str]],
+) -> None:
+    module, _ = lambda_module
+    response = module.handler(rest_api_v1_with_the_stage_in_the_path(), Context())
+    assert (response["statusCode"], json.loads(response["body"])["title"]) == (404, "Not Found")
+
+
+def _without_content_type(event: dict[str, Any]) -> dict[str, Any]:
+    for name in ("headers", "multiValueHeaders"):
+        if name in event:
+            event[name] = {k: v for k, v in event[name].items() if k != "content-type"}
+    return event
+
+
+@pytest.mark.parametrize("event", FRONT_DOORS, ids=FRONT_DOOR_IDS)
+def test_a_body_without_content_type_is_415_with_accept_post(
+    lambda_module: tuple[ModuleType, list[str]], event: Any
+) -> None:
+    module, _ = lambda_module
+    response = module.handler(_without_content_type(event()), Context())
+    headers = response.get("headers") or {}
+    assert (
+        response["statusCode"],
+        headers.get("content-type"),
+        headers.get("accept-post"),
+        json.loads(response["body"]),
+    ) == (
+        415,
+        "application/problem+json",
+        "application/json",
+        {
+            "type": "about:blank",
+            "title": "Unsupported Media Type",
+            "status": 415,
+            "detail": "the request body must be JSON: Content-Type: application/json",
+        },
+    )
+
+
+def _base64(event: dict[str, Any], body: str) -> dict[str, Any]:
+    return {**event, "body": body, "isBase64Encoded": True}
+
+
+@pytest.mark.parametrize(
+    "body",
+    # Mangum raised binascii.Error on the first; it decoded the second, skipping what is not
+    # base64, into bytes nobody sent.
+    ["not base64!", 'not base64: {"query": "rivers"}'],
+    ids=["bad-padding", "stray-characters"],
+)
+@pytest.mark.parametrize("event", FRONT_DOORS, ids=FRONT_DOOR_IDS)
+def test_a_body_marked_base64_that_is_not_is_a_400_problem(
+    lambda_module: tuple[ModuleType, list[str]], event: Any, body: str
+) -> None:
+    module, _ = lambda_module
+    response = module.handler(_base64(event(), body), Context())
+    problem = json.loads(response.pop("body"))
+    headers = response.pop("headers")
+    assert headers["content-type"] == "application/problem+json"
+    assert re.fullmatch("[0-9A-Za-z=_-]{8,}", headers["x-request-id"])
+    assert (response["statusCode"], response["isBase64Encoded"], problem) == (
+        400,
+        False,
+        {
+            "type": "about:blank",
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "the request body is marked base64 (isBase64Encoded) but is not",
+        },
+    )
+
+
+@pytest.mark.parametrize("event", FRONT_DOORS, ids=FRONT_DOOR_IDS)
+def test_a_base64_body_is_decoded(
+    lambda_module: tuple[ModuleType, list[str]], published: Published, ollama: Ollama, event: Any
+) -> None:
+    module, _ = lambda_module
+    request = _base64(event(), base64.b64encode(BODY.encode()).decode())
+    response = module.handler(request, Context())
+    assert (response["statusCode"], json.loads(response["body"])) == (
+        200,
+        expected_answer(published, ollama),
+    )

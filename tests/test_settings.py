@@ -41,6 +41,7 @@ def test_defaults() -> None:
         "request_timeout_s": 140.0,
         "max_body_bytes": 65536,
         "max_concurrency": 64,
+        "api_gateway_base_path": "/",
         "log_level": "INFO",
         "log_format": "auto",
         "ollama_host": "http://127.0.0.1:11434",
@@ -86,8 +87,9 @@ def test_reads_prefixed_and_ecosystem_variables(monkeypatch: pytest.MonkeyPatch)
         ("RAG_LLM_PROVIDER", "gpt"),
         ("PORT", "http"),
         ("RAG_PROBE_MIN_COSINE", "2"),
+        ("RAG_API_GATEWAY_BASE_PATH", "prod"),
     ],
-    ids=["provider", "llm", "port", "cosine"],
+    ids=["provider", "llm", "port", "cosine", "base-path-without-slash"],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
