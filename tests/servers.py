@@ -66,7 +66,8 @@ class Running:
 @contextmanager
 def function_process(env: dict[str, str]) -> Iterator[Running]:
     """``python -m functions`` (the container's command) on a free port, once ready; on exit it
-    gets SIGTERM and its output is collected."""
+    gets SIGTERM and its output is collected. The output is read as it comes, so a long run's
+    log lines never fill the pipe and stall the process."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -79,6 +80,10 @@ def function_process(env: dict[str, str]) -> Iterator[Running]:
         text=True,
     )
     running = Running(proc, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -94,7 +99,9 @@ def function_process(env: dict[str, str]) -> Iterator[Running]:
     finally:
         running.client.close()
         proc.send_signal(signal.SIGTERM)
-        running.output = proc.communicate(timeout=30)[0]
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        running.output = "".join(lines)
 
 
 def strict_container(name: str, env: dict[str, str]) -> list[str]:
