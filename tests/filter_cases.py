@@ -39,6 +39,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
+    VectorStoreQueryResult,
 )
 from llama_index.core.vector_stores.utils import build_metadata_filter_fn
 from pydantic import ValidationError
@@ -323,18 +324,23 @@ def expected(pair: Pair, query: Query) -> Outcome:
     return Outcome([node for _, node in ranked], [s for s, _ in ranked])
 
 
+def ask(pair: Pair, query: Query) -> VectorStoreQueryResult:
+    """Put ``query`` to the artifact store."""
+    return pair.store.query(
+        VectorStoreQuery(
+            query_embedding=query.vector,
+            similarity_top_k=query.top_k,
+            filters=query.filters,
+            node_ids=query.node_ids,
+            doc_ids=query.doc_ids,
+        )
+    )
+
+
 def actual(pair: Pair, query: Query) -> Outcome:
     """The artifact store's answer."""
     try:
-        result = pair.store.query(
-            VectorStoreQuery(
-                query_embedding=query.vector,
-                similarity_top_k=query.top_k,
-                filters=query.filters,
-                node_ids=query.node_ids,
-                doc_ids=query.doc_ids,
-            )
-        )
+        result = ask(pair, query)
     except InvalidRequest as exc:
         return Outcome(error=exc)
     return Outcome(result.ids, result.similarities)

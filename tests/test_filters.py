@@ -25,7 +25,7 @@ from functions.search import SearchIndex
 from functions.storage import LocalStore
 from functions.vector_store import ArtifactVectorStore
 
-from .filter_cases import Case, Pair, Query, cases, compare, reference_store
+from .filter_cases import Case, Pair, Query, ask, cases, compare, reference_store
 from .test_artifact import publish_dir
 
 EQ, NE, GT = FilterOperator.EQ, FilterOperator.NE, FilterOperator.GT
@@ -67,16 +67,7 @@ def leaf(key: str, operator: FilterOperator, value: Any) -> MetadataFilter:
 
 def both(pair: Pair, query: Query) -> tuple[str, str]:
     """What the artifact answered and whether the reference agrees."""
-    result = pair.store.query(
-        VectorStoreQuery(
-            query_embedding=query.vector,
-            similarity_top_k=query.top_k,
-            filters=query.filters,
-            node_ids=query.node_ids,
-            doc_ids=query.doc_ids,
-        )
-    )
-    return ",".join(result.ids or []), compare(pair, query)
+    return ",".join(ask(pair, query).ids or []), compare(pair, query)
 
 
 def only(*filters: MetadataFilter | MetadataFilters, condition: Any = None) -> MetadataFilters:
