@@ -66,6 +66,18 @@ class Settings(BaseSettings):
         description="Builder: a source file that cannot be read is skipped (and reported) or "
         "fails the build.",
     )
+    max_file_mb: int = Field(
+        50, ge=1, description="Builder: a source file of more MiB than this is unreadable."
+    )
+    max_pdf_pages: int = Field(
+        2000, ge=1, description="Builder: a PDF of more pages than this is unreadable."
+    )
+    max_file_chars: int = Field(
+        5_000_000, ge=1, description="Builder: a file of more characters of text is unreadable."
+    )
+    max_chunks: int = Field(
+        1_000_000, ge=1, description="Builder: a build of more chunks fails before embedding."
+    )
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )

@@ -20,6 +20,7 @@ from functions.settings import Settings
 from functions.storage import Store, open_store
 
 from .job import DryRun, dry_run, run_build
+from .limits import MIB, Limits
 from .progress import Progress, human_bytes
 from .publish import catalog, collect_garbage, promote
 
@@ -37,6 +38,17 @@ def _keep(text: str) -> int:
     if keep < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {keep}")
     return keep
+
+
+def _positive(text: str) -> int:
+    """A limit: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -89,6 +101,32 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "a warning, or fail the build (default: $RAG_ON_UNREADABLE or skip)",
     )
     build.add_argument(
+        "--max-file-mb",
+        type=_positive,
+        default=settings.max_file_mb,
+        help="a source file of more MiB is unreadable (default: $RAG_MAX_FILE_MB or 50)",
+    )
+    build.add_argument(
+        "--max-pdf-pages",
+        type=_positive,
+        default=settings.max_pdf_pages,
+        help="a PDF of more pages is unreadable (default: $RAG_MAX_PDF_PAGES or 2000)",
+    )
+    build.add_argument(
+        "--max-file-chars",
+        type=_positive,
+        default=settings.max_file_chars,
+        help="a file of more characters of text is unreadable "
+        "(default: $RAG_MAX_FILE_CHARS or 5000000)",
+    )
+    build.add_argument(
+        "--max-chunks",
+        type=_positive,
+        default=settings.max_chunks,
+        help="a build of more chunks fails before anything is embedded "
+        "(default: $RAG_MAX_CHUNKS or 1000000)",
+    )
+    build.add_argument(
         "--dry-run",
         action="store_true",
         help="read and chunk, say what would be embedded, reused and uploaded; change nothing",
@@ -130,6 +168,12 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
         "chunk_size": args.chunk_size,
         "chunk_overlap": args.chunk_overlap,
         "on_unreadable": args.on_unreadable,
+        "limits": Limits(
+            file_bytes=args.max_file_mb * MIB,
+            pdf_pages=args.max_pdf_pages,
+            file_chars=args.max_file_chars,
+            chunks=args.max_chunks,
+        ),
         "progress": progress,
     }
     if args.dry_run:
@@ -159,6 +203,12 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
                     {"source": source, "reason": reason}
                     for source, reason in progress.skipped[:_SKIPPED_IN_EVENT]
                 ],
+            },
+            "limits": {
+                "max_file_mb": args.max_file_mb,
+                "max_pdf_pages": args.max_pdf_pages,
+                "max_file_chars": args.max_file_chars,
+                "max_chunks": args.max_chunks,
             },
         }
         failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)

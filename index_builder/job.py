@@ -24,6 +24,7 @@ from functions.errors import ObjectNotFound
 from functions.storage import Store
 
 from .build import BuildPlan, build_artifact, default_chunk_size, plan_build
+from .limits import Limits
 from .progress import Progress
 from .publish import missing_channel, publish
 from .sources import OnUnreadable, load_documents
@@ -58,13 +59,15 @@ def run_build(
     chunk_size: int | None = None,
     chunk_overlap: int = 64,
     on_unreadable: OnUnreadable = "skip",
+    limits: Limits | None = None,
     progress: Progress | None = None,
 ) -> Manifest:
     """Build an index of ``source`` and publish it; move ``channel`` to it if given.
 
     Before anything is read or embedded, the store must be writable (a missing bucket, wrong
     credentials or a server without conditional writes fail here, not after an hour of
-    embedding) and ``channel`` must exist, unless ``create_channel``.
+    embedding) and ``channel`` must exist, unless ``create_channel``. Files over ``limits`` are
+    unreadable; a build over the chunk limit fails before anything is embedded.
     """
     progress = progress or Progress(bars=False)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
@@ -76,13 +79,14 @@ def run_build(
             else None
         )
         report = build_artifact(
-            load_documents(source, progress, on_unreadable=on_unreadable),
+            load_documents(source, progress, on_unreadable=on_unreadable, limits=limits),
             embedder,
             Path(tmp) / "new",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
             chunk_overlap=chunk_overlap,
             previous=previous,
             progress=progress,
+            limits=limits,
         )
         return publish(
             store,
@@ -104,6 +108,7 @@ def dry_run(
     chunk_size: int | None = None,
     chunk_overlap: int = 64,
     on_unreadable: OnUnreadable = "skip",
+    limits: Limits | None = None,
     progress: Progress | None = None,
 ) -> DryRun:
     """Read and chunk ``source`` and compare with the channel's index; embed and upload nothing.
@@ -120,12 +125,13 @@ def dry_run(
             data = path.read_bytes()
             hashes = [data[i : i + 16] for i in range(0, len(data), 16)]
         plan = plan_build(
-            load_documents(source, progress, on_unreadable=on_unreadable),
+            load_documents(source, progress, on_unreadable=on_unreadable, limits=limits),
             f"{embedder.provider}:{embedder.model}",
             chunk_size=chunk_size or default_chunk_size(embedder.provider),
             chunk_overlap=chunk_overlap,
             previous_hashes=hashes,
             progress=progress,
+            limits=limits,
         )
         return DryRun(
             plan,
