@@ -37,6 +37,7 @@ def main() -> None:
     import uvicorn
 
     from .app import create_app
+    from .connections import protocol
 
     loader.timings["imports"] = time.time() - _STARTED
     try:
@@ -51,6 +52,12 @@ def main() -> None:
             log_level=settings.log_level.lower(),
             log_config=None,  # uvicorn's records go through the root handler and its Redactor
             access_log=False,  # functions.edge writes one line per request, with its request id
+            # h11 (the only HTTP/1.1 parser installed) with a deadline for request heads and a
+            # bound on open connections; bodies have theirs in functions.guards.Limits.
+            http=protocol(
+                header_timeout_s=settings.header_timeout_s,
+                max_connections=settings.max_connections,
+            ),
         )
     )
     failure: list[str] = []

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .edge import Edge
 from .errors import ConfigurationError, DeadlineExceeded, RagError
 from .events import ACCEPTED_MEDIA_TYPES
-from .guards import ApiKeys, JsonBodies, Limits, describe_security
+from .guards import AUTHORIZED, ApiKeys, JsonBodies, Limits, describe_security
 from .loader import IndexLoader
 from .logs import configure
 from .metrics import Metrics
@@ -108,7 +108,11 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     app.add_middleware(JsonBodies, paths=("/query", "/chat"))  # not /events: any media type
     app.add_middleware(_IndexIdHeader, loader=loader)
     app.add_middleware(
-        Limits, max_body_bytes=settings.max_body_bytes, max_concurrency=settings.max_concurrency
+        Limits,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrency=settings.max_concurrency,
+        body_timeout_s=settings.body_timeout_s,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
     )
     if keys or tokens:
         app.add_middleware(ApiKeys, keys=keys, tokens=tokens, token_paths=("/events",))
@@ -175,20 +179,28 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     @app.get(
         "/readyz",
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
+        description=(
+            "Open to all. With API keys configured, a caller without a valid key is shown only "
+            "`status` and `index_id`; the timings and reload counts need a key (they are in "
+            "`/metrics` too)."
+        ),
         responses={
             200: {"content": {"application/json": {"example": READY_EXAMPLE}}},
             **problem_responses(500, 503),
         },
     )
-    async def readyz() -> Response:
-        if loader.service is None:
+    async def readyz(request: Request) -> Response:
+        service = loader.service
+        if service is None:
             return problem(
                 503, loader.public_reason or "not ready", "Index not ready", state=loader.state
             )
+        ready: dict[str, Any] = {"status": "ready", "index_id": service.index_id}
+        if keys and not request.scope.get("state", {}).get(AUTHORIZED, False):
+            return JSONResponse(ready)  # what a probe and an operator need, and no more
         return JSONResponse(
             {
-                "status": "ready",
-                "index_id": loader.service.index_id,
+                **ready,
                 "started_at": loader.started_at,
                 "ready_at": loader.ready_at,
                 "timings_s": {name: round(value, 4) for name, value in loader.timings.items()},
@@ -245,7 +257,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "`token` events with pieces of the answer, then an `end` event whose data is the "
             "whole response (sources, cited, index_id), or an `error` event with a problem."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 500, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 408, 413, 415, 422, 500, 503, 504)},
     )
     async def query(body: QueryRequest, request: Request, response: Response) -> Any:
         if wants_events(request.headers.get("accept", "")):
@@ -266,7 +278,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
             "retrieves, and answers with citations. Without an LLM it answers the last message "
             "extractively. `Accept: text/event-stream` streams as for `/query`."
         ),
-        responses={**streams, **problem_responses(400, 401, 413, 415, 422, 500, 503, 504)},
+        responses={**streams, **problem_responses(400, 401, 408, 413, 415, 422, 500, 503, 504)},
     )
     async def chat(body: ChatRequest, request: Request, response: Response) -> Any:
         history: list[tuple[str, str]] = [(m.role, m.content) for m in body.messages[:-1]]

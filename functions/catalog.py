@@ -33,6 +33,7 @@ __all__ = [
     "move_channel",
     "read_channel",
     "read_manifest",
+    "read_pointer",
 ]
 
 _INDEX_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
@@ -76,6 +77,17 @@ def read_channel(store: Store, name: str) -> tuple[Pointer, str]:
         raise IntegrityError(f"channel {name!r} holds an invalid pointer") from exc
 
 
+def read_pointer(store: Store, name: str) -> Pointer:
+    """A channel's pointer; ``ObjectNotFound`` that says so if nothing was published to it."""
+    try:
+        pointer, _ = read_channel(store, name)
+    except ObjectNotFound as exc:
+        raise ObjectNotFound(
+            exc.message, public=f"channel {name!r} does not exist (nothing published to it)"
+        ) from exc
+    return pointer
+
+
 def move_channel(store: Store, name: str, pointer: Pointer, *, expected_etag: str | None) -> str:
     """Compare-and-swap: write the pointer only if the channel is still at ``expected_etag``.
 
@@ -87,18 +99,17 @@ def move_channel(store: Store, name: str, pointer: Pointer, *, expected_etag: st
     return store.put(channel_key(name), data, if_match=expected_etag)
 
 
-def read_manifest(store: Store, name: str) -> Manifest:
-    """Resolve a channel name or an index id to its manifest, checked against the pointer."""
+def read_manifest(store: Store, name: str, *, pointer: Pointer | None = None) -> Manifest:
+    """Resolve a channel name or an index id to its manifest, checked against the pointer.
+
+    ``pointer``: the channel's, read already (it is not read again).
+    """
     if is_index_id(name):
         manifest = parse_manifest(_get(store, index_key(name), f"index {name} does not exist"))
         expected = name
     else:
-        try:
-            pointer, _ = read_channel(store, name)
-        except ObjectNotFound as exc:
-            raise ObjectNotFound(
-                exc.message, public=f"channel {name!r} does not exist (nothing published to it)"
-            ) from exc
+        if pointer is None:
+            pointer = read_pointer(store, name)
         data = _get(store, index_key(pointer.index_id), f"index {pointer.index_id} does not exist")
         if hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
             raise IntegrityError(f"manifest of {pointer.index_id} does not match channel {name!r}")

@@ -83,6 +83,8 @@ class Edge:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, tracked)
+            if not responded:  # the client left first (mid-body, say): nginx's 499, no answer
+                status = 499
         except Exception:
             # Logged here, with the request id, as one redacted line; the client gets a bare
             # problem (if nothing was sent yet) that still says which request it was.

@@ -18,6 +18,7 @@ in binary mode, or as a batch to a batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import (
     HTTPMessage,
     from_binary,
@@ -45,6 +47,7 @@ __all__ = [
     "BATCH",
     "INDEX_PUBLISHED",
     "MAX_BATCH",
+    "MAX_ID_SOURCE_CHARS",
     "QUERY_REQUEST",
     "QUERY_RESPONSE",
     "STRUCTURED",
@@ -74,6 +77,11 @@ _TIMESTAMP = re.compile(  # RFC 3339 date-time, the JSON format's Timestamp
 )
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _INT32 = 2**31
+# The spec sets no length for id or source (only that consumers SHOULD accept events of at least
+# 64 KiB whole, and attribute names of at most 20 characters): this is ours, ample for UUIDs,
+# counters and URIs, and bounds what one event puts in memory and in logs.
+MAX_ID_SOURCE_CHARS = 1024
+_DIGEST_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,13 @@ def parse(headers: Mapping[str, str], body: bytes) -> IncomingEvent | list[Incom
 
     In binary mode the data is the body's bytes; in structured mode, the JSON value of ``data``.
     """
+    try:
+        return _parse(headers, body)
+    except RecursionError as exc:  # JSON nested deeper than Python's stack
+        raise InvalidEvent("the CloudEvent is nested too deeply to read") from exc
+
+
+def _parse(headers: Mapping[str, str], body: bytes) -> IncomingEvent | list[IncomingEvent]:
     lowered = {key.lower(): value for key, value in headers.items()}
     media = lowered.get("content-type", "").split(";", 1)[0].strip().lower()
     if media.startswith("application/cloudevents"):  # "-batch" too: the binding's prefix rule
@@ -123,7 +138,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> IncomingEvent | list[Incom
         raise InvalidEvent(f"not a valid CloudEvent: {exc}") from exc
     if event.get_specversion() != "1.0":
         raise InvalidEvent(f"CloudEvents specversion {event.get_specversion()!r} is not 1.0")
-    return IncomingEvent(event.get_type(), event.get_source(), event.get_id(), body)
+    return _incoming(event, body)
 
 
 def _structured(raw: Any, where: str = "") -> IncomingEvent:
@@ -165,7 +180,18 @@ def _structured(raw: Any, where: str = "") -> IncomingEvent:
         event = JSONFormat().read(None, json.dumps(raw))
     except Exception as exc:  # the SDK's validation errors (a time that is no date)
         raise InvalidEvent(f"{where}not a valid CloudEvent: {exc}") from exc
-    return IncomingEvent(event.get_type(), event.get_source(), event.get_id(), raw.get("data"))
+    return _incoming(event, raw.get("data"), where)
+
+
+def _incoming(event: BaseCloudEvent, data: Any, where: str = "") -> IncomingEvent:
+    """The event as this function acts on it, once its id and source are of a sane length."""
+    for name, value in (("id", event.get_id()), ("source", event.get_source())):
+        if len(value) > MAX_ID_SOURCE_CHARS:
+            raise InvalidEvent(
+                f"{where}attribute {name} is {len(value)} characters long; this function "
+                f"accepts at most {MAX_ID_SOURCE_CHARS}"
+            )
+    return IncomingEvent(event.get_type(), event.get_source(), event.get_id(), data)
 
 
 def _is_extension_value(value: Any) -> bool:
@@ -239,21 +265,43 @@ def publish(
 
 
 class Deduplicator:
-    """The last ``size`` (source, id) pairs handled: Knative may deliver an event twice."""
+    """The last ``size`` (source, id) pairs handled: Knative may deliver an event twice.
+
+    Each pair is kept as its 16-byte BLAKE2b digest, so the cache holds ``size`` times 16 bytes
+    of keys (about 1.5 MB with the dict's own cost at the default size), however long the ids.
+    """
 
     def __init__(self, size: int = 10_000) -> None:
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @property
+    def key_bytes(self) -> int:
+        """The bytes of the keys held: 16 per event remembered."""
+        with self._lock:
+            return sum(len(key) for key in self._seen)
 
     def seen(self, event: IncomingEvent) -> bool:
         """Whether this event was handled already."""
         with self._lock:
-            return (event.source, event.id) in self._seen
+            return _digest(event) in self._seen
 
     def remember(self, event: IncomingEvent) -> None:
         """Record a handled event, forgetting the oldest beyond the bound."""
+        key = _digest(event)
         with self._lock:
-            self._seen[(event.source, event.id)] = None
+            self._seen[key] = None
+            self._seen.move_to_end(key)
             while len(self._seen) > self._size:
                 self._seen.popitem(last=False)
+
+
+def _digest(event: IncomingEvent) -> bytes:
+    # The source's length first, so that no two (source, id) pairs share an encoding.
+    source = event.source.encode("utf-8", "surrogatepass")
+    encoded = b"%d:%s%s" % (len(source), source, event.id.encode("utf-8", "surrogatepass"))
+    return hashlib.blake2b(encoded, digest_size=_DIGEST_BYTES).digest()

@@ -2,34 +2,50 @@
 
 - ``ApiKeys``: with keys configured, every route but ``/healthz`` and ``/readyz`` needs
   ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time; else 401.
+  On those two it notes in the request state (``AUTHORIZED``) whether a valid key came along.
   With a ``TokenVerifier``, the ``token_paths`` (``/events``) take a valid Knative Eventing OIDC
   token instead of a key: 401 for an invalid one (the log says which check failed), 403 for a
   subject not allowed, 503 + ``Retry-After`` when the issuer's keys cannot be fetched. Those
   paths need a key or a token even when no keys are configured.
 - ``JsonBodies``: a request body to the JSON routes that is not declared ``application/json``
   (or ``application/*+json``) is refused with 415 before it is read.
-- ``Limits``: a request body larger than ``max_body_bytes`` is refused with 413 as soon as it is
-  known (``Content-Length``, or while a chunked body streams in); beyond ``max_concurrency``
-  requests in flight, new ones get 503 with ``Retry-After`` at once instead of queueing.
+- ``Limits``: a request's body is read whole before the request counts as in flight, so a
+  client that sends its body slowly holds a connection, not one of the ``max_concurrency``
+  slots; the body must arrive within ``body_timeout_s`` in all and with no pause longer than
+  ``body_idle_timeout_s`` (else 408 and the connection is closed), and a body larger than
+  ``max_body_bytes`` is refused with 413 as soon as it is known (``Content-Length``, or while a
+  chunked body streams in). Then, beyond ``max_concurrency`` requests in flight, new ones get
+  503 with ``Retry-After`` at once instead of queueing; the others get their body replayed.
+  The health checks pass by unread and uncounted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .oidc import TokenVerifier
 from .problems import send_problem
 
-__all__ = ["OPEN_PATHS", "ApiKeys", "JsonBodies", "Limits", "describe_security", "is_json"]
+__all__ = [
+    "AUTHORIZED",
+    "OPEN_PATHS",
+    "ApiKeys",
+    "JsonBodies",
+    "Limits",
+    "describe_security",
+    "is_json",
+]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Set by ``ApiKeys`` in the request state of the open paths: whether a valid key came with it.
+AUTHORIZED = "api_key_valid"
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +75,21 @@ class ApiKeys:
         self.token_paths = frozenset(token_paths) if tokens is not None else frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in OPEN_PATHS:
+            # Open, but what they show may depend on it (``/readyz``'s figures).
+            _, offered = _offered(scope)
+            authorized = any(self._is_key(value) for value in offered)
+            scope.setdefault("state", {})[AUTHORIZED] = authorized
             await self.app(scope, receive, send)
             return
         tokens = self.tokens if scope["path"] in self.token_paths else None
         if not self.keys and tokens is None:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization", b"")
-        bearer = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
-        offered = [value for value in (headers.get(b"x-api-key", b""), bearer) if value]
+        bearer, offered = _offered(scope)
         if any(self._is_key(value) for value in offered):
             await self.app(scope, receive, send)
             return
@@ -108,6 +128,14 @@ class ApiKeys:
         # compare_digest against every key, without stopping at the first match
         matches = [hmac.compare_digest(offered, key) for key in self.keys]
         return any(matches)
+
+
+def _offered(scope: Scope) -> tuple[bytes, list[bytes]]:
+    """The bearer token, and every credential offered (X-API-Key, bearer)."""
+    headers = dict(scope["headers"])
+    authorization = headers.get(b"authorization", b"")
+    bearer = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
+    return bearer, [value for value in (headers.get(b"x-api-key", b""), bearer) if value]
 
 
 async def _refuse(
@@ -179,29 +207,44 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(HTTPException):
-    """Raised from ``receive``: an HTTPException, so the app's own handler renders the 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over {limit} bytes")
-
-
 class Limits:
-    """Bounds the size of request bodies and the number of requests in flight."""
+    """Reads request bodies within deadlines and bounds, then bounds the requests in flight."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_concurrency: int,
+        body_timeout_s: float = 10.0,
+        body_idle_timeout_s: float = 5.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
+        self.body_timeout_s = body_timeout_s
+        self.body_idle_timeout_s = body_idle_timeout_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        too_large = f"request body over {self.max_body_bytes} bytes"
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await send_problem(send, 413, f"request body over {self.max_body_bytes} bytes")
+            await send_problem(send, 413, too_large)
+            return
+        try:
+            body = await self._read_body(receive)
+        except _BodyTooLarge:
+            await send_problem(send, 413, too_large)
+            return
+        except _BodyTooSlow as exc:
+            # RFC 9110, section 15.5.9: a 408 closes the connection.
+            await send_problem(send, 408, str(exc), headers={"Connection": "close"})
+            return
+        if body is None:  # the client left before its body arrived: nobody to answer
             return
         if self.in_flight >= self.max_concurrency:
             await send_problem(
@@ -211,28 +254,54 @@ class Limits:
                 headers={"Retry-After": "1"},
             )
             return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:  # after the body: wait for the client to leave, as uvicorn does
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         self.in_flight += 1
-        received = 0
-        started = False
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise _BodyTooLarge(self.max_body_bytes)
-            return message
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await send_problem(send, 413, f"request body over {self.max_body_bytes} bytes")
+            await self.app(scope, replay, send)
         finally:
             self.in_flight -= 1
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None if the client disconnected; raises past a bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            left = deadline - loop.time()
+            wait = min(self.body_idle_timeout_s, left)
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0))
+            except TimeoutError:
+                if wait >= left:
+                    raise _BodyTooSlow(
+                        f"the request body did not arrive within {self.body_timeout_s:g} s"
+                    ) from None
+                raise _BodyTooSlow(
+                    f"the request body paused for more than {self.body_idle_timeout_s:g} s"
+                ) from None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _BodyTooLarge(Exception):
+    """The body grew past ``max_body_bytes`` while it was read."""
+
+
+class _BodyTooSlow(Exception):
+    """The body did not arrive within its deadlines."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from .artifact import Manifest
-from .catalog import fetch_artifact, is_index_id, read_manifest
+from .catalog import fetch_artifact, is_index_id, read_manifest, read_pointer
 from .embeddings import Embedder, make_embedder
 from .errors import (
     ConfigurationError,
@@ -125,8 +126,12 @@ class IndexLoader:
         self._store = store
         self.observers: list[Observer] = []  # told of every model-server call (metrics)
         self.reloads: Counter[str] = Counter()  # hot reloads by outcome: succeeded, failed, ...
-        self._reload_lock = threading.Lock()
-        self._reload_pending = threading.Event()
+        # Hot reloads: one at a time, at most one more asked for meanwhile (see request_reload).
+        self._reload_guard = threading.Lock()
+        self._reload_phase: Literal["idle", "waiting", "reading"] = "idle"
+        self._reload_again = False
+        self._next_reload_at = 0.0  # time.monotonic() before which no reload starts
+        self._refused: str | None = None  # manifest sha256 of the last index refused on reload
         self._embedder_factory = embedder_factory or self._default_embedder
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
         self.reason: str | None = "index loading has not started"  # for logs: may name hosts
@@ -288,26 +293,38 @@ class IndexLoader:
 
         Requests in flight finish on the index they started with. If the new index fails to
         download, verify or pass the model check, the old one keeps serving; the failure is
-        logged and counted in ``reloads``. Requests that arrive during a reload are coalesced.
+        logged and counted in ``reloads``. One reload runs at a time, no sooner than
+        ``reload_min_interval_s`` after the last began; a request while one waits to start, or
+        while one is due after the running one, is ``coalesced``; one while a reload reads
+        makes one more follow. A burst costs at most two reloads, the last read after it.
         """
         if not self.follows_channel:
             return False
-        self._reload_pending.set()
-        if self._reload_lock.acquire(blocking=False):
-            threading.Thread(target=self._reload_loop, name="reload", daemon=True).start()
+        with self._reload_guard:
+            if self._reload_phase == "idle":
+                self._reload_phase = "waiting"
+            elif self._reload_phase == "reading" and not self._reload_again:
+                self._reload_again = True
+                return True
+            else:
+                self.reloads["coalesced"] += 1
+                return True
+        threading.Thread(target=self._reload_loop, name="reload", daemon=True).start()
         return True
 
     def _reload_loop(self) -> None:
-        while True:
+        again = True
+        while again:
+            time.sleep(max(0.0, self._next_reload_at - time.monotonic()))
+            with self._reload_guard:
+                self._reload_phase, self._reload_again = "reading", False
+            self._next_reload_at = time.monotonic() + self.settings.reload_min_interval_s
             try:
-                while self._reload_pending.is_set():
-                    self._reload_pending.clear()
-                    self._reload_once()
-            finally:
-                self._reload_lock.release()
-            # A request that came in between the last check and the release starts a new round.
-            if not self._reload_pending.is_set() or not self._reload_lock.acquire(blocking=False):
-                return
+                self._reload_once()
+            finally:  # whatever happened, the next request must find a reload to join or start
+                with self._reload_guard:
+                    again = self._reload_again and sys.exc_info()[0] is None
+                    self._reload_phase = "waiting" if again else "idle"
 
     def _reload_once(self) -> None:
         current, store, settings = self.service, self._store, self.settings
@@ -315,19 +332,27 @@ class IndexLoader:
             self.reloads["not_ready"] += 1
             return
         try:
-            manifest = read_manifest(store, settings.index)
-            if manifest.index_id == current.index_id:
+            pointer = read_pointer(store, settings.index)
+            if pointer.index_id == current.index_id:
                 self.reloads["unchanged"] += 1
                 return
-            self.check_budget(manifest)
-            model = settings.embed_model or manifest.embedding.model
-            embedder = (
-                current.embedder
-                if model == current.embedder.model
-                else self._embedder_factory(model)
-            )
+            if pointer.manifest_sha256 == self._refused:  # indexes are immutable: still no
+                self.reloads["skipped_refused"] += 1
+                return
+            manifest = read_manifest(store, settings.index, pointer=pointer)
+            try:  # both checks need only the manifest: refuse before fetching any data file
+                self.check_budget(manifest)
+                model = settings.embed_model or manifest.embedding.model
+                embedder = (
+                    current.embedder
+                    if model == current.embedder.model
+                    else self._embedder_factory(model)
+                )
+                check_model(manifest, embedder, settings.probe_min_cosine)
+            except (IndexTooLarge, ModelMismatch):
+                self._refused = pointer.manifest_sha256
+                raise
             index = SearchIndex(fetch_artifact(store, manifest, settings.cache_dir))
-            check_model(manifest, embedder, settings.probe_min_cosine)
         except RagError as exc:
             self.reloads["failed"] += 1
             logger.error(

@@ -13,7 +13,9 @@ and line, no folders). ``RAG_LOG_LEVEL=DEBUG`` keeps full tracebacks, still reda
 
 With ``RAG_LOG_FORMAT=json`` (the default) each record is one JSON object: ``time``, ``level``,
 ``logger``, ``message``, the ``request_id`` of the request being answered (see ``edge``) and any
-structured fields the caller passed in ``extra`` (the access log's ``http``).
+structured fields the caller passed in ``extra`` (the access log's ``http``). Either way a
+record is one line, whatever a client put in it: JSON escapes control characters (and here the
+Unicode line separators too), ``TextFormatter`` escapes them in text.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
-__all__ = ["REDACTED", "JsonFormatter", "Redactor", "configure", "redact", "request_id"]
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "Redactor",
+    "TextFormatter",
+    "configure",
+    "redact",
+    "request_id",
+]
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # uvicorn adds ``color_message`` (its message with terminal colour codes) to some records.
@@ -42,6 +52,10 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
 REDACTED = "[REDACTED]"
 _ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SHORTEST_SECRET = 6  # shorter values would blank out ordinary words
+_TRACEBACK_AT = "_traceback_at"  # a record's attribute (private: not a JSON field)
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
 
 
 def _keep_quotes(match: re.Match[str]) -> str:
@@ -95,19 +109,52 @@ class Redactor(logging.Filter):
         self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        if _TRACEBACK_AT in record.__dict__:  # rewritten already, by another handler's Redactor
+            return True
+        message, tail = record.getMessage(), ""
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             if self.tracebacks:
-                message += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+                tail = "\n" + "".join(traceback.format_exception(exc)).rstrip()
             else:
                 message += f" [{_one_line(exc)}]"
             record.exc_info, record.exc_text = None, None
         if record.stack_info and not self.tracebacks:
             record.stack_info = None
-        record.msg, record.args = redact(message, self.secrets), None
+        head = redact(message, self.secrets)
+        record.msg, record.args = head + redact(tail, self.secrets), None
+        record.__dict__[_TRACEBACK_AT] = len(head)  # where TextFormatter's escaping stops
         record.request_id = request_id.get()
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record, whatever it carries: control characters in the message (a request
+    path with ``%0A`` or ``%1B`` in it) are escaped (``\\n``, ``\\x1b``), so that nothing a
+    client sends can forge a line or drive a terminal. A traceback kept at DEBUG, or a stack,
+    follows on lines of its own, each indented and escaped likewise."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        cut = record.__dict__.get(_TRACEBACK_AT, len(message))
+        record.message = _escape(message[:cut]) + "".join(
+            "\n" + line for line in _indented(message[cut:].removeprefix("\n"))
+        )
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(_indented(super().formatException(ei)))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(_indented(stack_info))
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+def _indented(text: str) -> list[str]:
+    return [f"  {_escape(line)}" for line in text.split("\n")] if text else []
 
 
 class JsonFormatter(logging.Formatter):
@@ -128,7 +175,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:  # only when no Redactor folded it into the message
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # json escapes C0 controls; these three would still split a line for str.splitlines().
+        return _LINE_BREAKS.sub(
+            lambda match: f"\\u{ord(match.group()):04x}",
+            json.dumps(entry, default=str, ensure_ascii=False),
+        )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -190,7 +241,7 @@ def configure(
         stderr.setFormatter(
             JsonFormatter()
             if json_lines
-            else logging.Formatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
+            else TextFormatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
     root.setLevel(logging.WARNING)
     for name in ("functions", "index_builder"):

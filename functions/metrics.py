@@ -139,6 +139,8 @@ class _LoaderCollector(Collector):
         reloads = CounterMetricFamily(
             "knative_rag_reloads", "Hot reloads by outcome.", labels=["outcome"]
         )
-        for outcome in ("succeeded", "failed", "unchanged", "not_ready"):
+        for outcome in (
+            "succeeded", "failed", "unchanged", "not_ready", "skipped_refused", "coalesced"
+        ):  # fmt: skip
             reloads.add_metric([outcome], float(loader.reloads.get(outcome, 0)))
         yield reloads

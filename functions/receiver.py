@@ -354,5 +354,5 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    **problem_responses(400, 401, 403, 413, 415, 500, 503, 504),
+    **problem_responses(400, 401, 403, 408, 413, 415, 500, 503, 504),
 }

@@ -137,6 +137,35 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         64, ge=1, description="Requests in flight before new ones get 503 + Retry-After."
     )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request body must arrive whole within this many seconds after its head "
+        "(else 408 and the connection closes); it does not count as in flight until then.",
+    )
+    body_idle_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest pause, seconds, between two pieces of a request body (else 408).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="python -m functions: a connection that has not sent a whole request head "
+        "this many seconds after it opened or after its last response is closed.",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="python -m functions: open connections; a new one beyond it closes the one "
+        "waiting longest with no request in the app (no head yet, idle, or a body arriving).",
+    )
+    reload_min_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="Least time between the starts of two hot reloads; index-published events "
+        "meanwhile are coalesced into one reload after the running one.",
+    )
     api_gateway_base_path: str = Field(
         "/",
         pattern=r"^/",

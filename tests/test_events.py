@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from functions.events import (
     QUERY_REQUEST,
     QUERY_RESPONSE,
     STRUCTURED,
+    Deduplicator,
     IncomingEvent,
     parse,
 )
@@ -331,3 +333,27 @@ def test_parse_either_returns_complete_events_or_refuses_with_a_reason(
         assert event.type
         assert event.source
         assert event.id
+
+
+def _remember_long_ids(dedup: Deduplicator, count: int) -> None:
+    for n in range(count):  # each id 65 KB, gone once remembered
+        dedup.remember(IncomingEvent(INDEX_PUBLISHED, "tests/events", f"{n:06d}" + "x" * 65_000, 0))
+
+
+def test_the_duplicate_cache_holds_16_bytes_an_event_whatever_its_id() -> None:
+    dedup = Deduplicator(size=100)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _remember_long_ids(dedup, 300)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024  # the ids themselves would be 6.5 MB
+    assert (len(dedup), dedup.key_bytes) == (100, 1600)
+    newest = IncomingEvent(INDEX_PUBLISHED, "tests/events", "000299" + "x" * 65_000, 0)
+    oldest = IncomingEvent(INDEX_PUBLISHED, "tests/events", "000199" + "x" * 65_000, 0)
+    assert (dedup.seen(newest), dedup.seen(oldest)) == (True, False)
+    # (source, id) pairs that concatenate alike are still different events
+    dedup.remember(IncomingEvent(INDEX_PUBLISHED, "ab", "c", 0))
+    assert dedup.seen(IncomingEvent(INDEX_PUBLISHED, "a", "bc", 0)) is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -209,3 +210,102 @@ def test_events_take_any_media_type(open_function: httpx.Client) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.headers["ce-type"] == "dev.knative-rag.query.response"
+
+
+def _slow_request(url: str, *, drip: bool) -> socket.socket:
+    """A POST /query whose head is whole and whose body has begun: 10 of 100 bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        b"POST /query HTTP/1.1\r\nHost: function\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"query": '
+    )
+    if drip:  # a byte every 0.4 s: never a pause long enough for the idle deadline
+
+        def dripping() -> None:
+            try:
+                for _ in range(20):
+                    time.sleep(0.4)
+                    sock.send(b" ")
+            except OSError:
+                pass  # closed: what the test waits for
+
+        threading.Thread(target=dripping, daemon=True).start()
+    return sock
+
+
+def _read_to_close(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything until the server closes the connection, and how long that took."""
+    started = time.monotonic()
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("drip", "detail", "deadline_s"),
+    [
+        (False, "the request body paused for more than 1 s", 1.0),
+        (True, "the request body did not arrive within 3 s", 3.0),
+    ],
+    ids=["stalled", "dripping"],
+)
+def test_slow_bodies_take_no_slot_and_get_408_then_the_connection_closes(
+    published: Published,
+    ollama: Ollama,
+    tmp_path: Path,
+    drip: bool,
+    detail: str,
+    deadline_s: float,
+) -> None:
+    settings = settings_for(
+        published.store_uri,
+        ollama,
+        tmp_path,
+        llm_provider="none",
+        max_concurrency=1,
+        body_timeout_s=3,
+        body_idle_timeout_s=1,
+    )
+    with function(settings) as client:
+        slow = [_slow_request(str(client.base_url), drip=drip) for _ in range(3)]
+        # Three bodies still arriving and one slot: the slot is free for a whole request.
+        fine = client.post("/query", json=QUERY)
+        answers = [_read_to_close(sock) for sock in slow]
+        for sock in slow:
+            sock.close()
+    assert fine.status_code == 200  # its body was read, then replayed to the app
+    for received, seconds in answers:
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+        assert b"\r\nconnection: close" in head.lower()
+        assert json.loads(body) == {
+            "type": "about:blank",
+            "title": "Request Timeout",
+            "status": 408,
+            "detail": detail,
+        }
+        assert seconds < deadline_s + 2.0
+
+
+def test_with_keys_readyz_shows_its_figures_to_key_holders_only(
+    published: Published, ollama: Ollama, tmp_path: Path
+) -> None:
+    """The probe needs the status and an operator the index id; the timings and reload counts
+    (also in /metrics, behind the key) need a key. Without keys, the service is open anyway."""
+    settings = settings_for(
+        published.store_uri, ollama, tmp_path, llm_provider="none", api_keys="ready-key-1"
+    )
+    with function(settings) as client:
+        anonymous = client.get("/readyz")
+        wrong = client.get("/readyz", headers={"X-API-Key": "not-the-key"})
+        keyed = client.get("/readyz", headers={"Authorization": "Bearer ready-key-1"})
+    with function(settings_for(published.store_uri, ollama, tmp_path, llm_provider="none")) as c:
+        open_ = c.get("/readyz")
+    summary = {"status": "ready", "index_id": published.index_id}
+    assert (anonymous.status_code, anonymous.json()) == (200, summary)
+    assert (wrong.status_code, wrong.json()) == (200, summary)
+    figures = {"started_at", "ready_at", "timings_s", "reloads"}
+    assert (keyed.status_code, set(keyed.json())) == (200, set(summary) | figures)
+    assert (open_.status_code, set(open_.json())) == (200, set(summary) | figures)

@@ -7,14 +7,20 @@ import gc
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from functions.artifact import DATA_FILES
+from functions.embeddings import OllamaEmbedder
 from functions.loader import IndexLoader, MiB, index_budget, memory_limit
 from functions.s3 import S3Store
 from functions.settings import Settings
+from functions.storage import Fetched, Store, Versioned, open_store
+from index_builder.job import run_build
+from index_builder.publish import promote
 
 from .conftest import Ollama, Published, build_index, settings_for, write_corpus
 from .servers import Gate, serve
@@ -195,3 +201,104 @@ def test_a_cold_start_does_not_retry_what_will_not_pass(
     assert (loader.state, loader.attempts) == ("failed", 1)
     assert loader.reason is not None
     assert "404" in loader.reason
+
+
+class RecordingStore:
+    """A real store that records what it is asked for: ``get`` keys and ``fetch`` keys."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gets: list[str] = []
+        self.fetches: list[str] = []
+
+    def get(self, key: str) -> Versioned:
+        self.gets.append(key)
+        return self.store.get(key)
+
+    def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
+        self.fetches.append(key)
+        return self.store.fetch(key, dest, size=size, block_size=block_size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def clear(self) -> None:
+        self.gets.clear()
+        self.fetches.clear()
+
+
+def wait_for_reloads(loader: IndexLoader, expected: dict[str, int]) -> None:
+    deadline = time.monotonic() + 15
+    while loader.reloads != expected:
+        assert time.monotonic() < deadline, loader.reloads
+        time.sleep(0.01)
+
+
+def test_an_index_of_another_model_is_refused_before_download_and_remembered(
+    s3_uri: str, ollama: Ollama, tmp_path: Path
+) -> None:
+    """The model check needs only the manifest's probe: a refused index costs the channel and
+    the manifest, no data file, and the same index again costs the channel only, until the
+    channel moves."""
+    source = write_corpus(tmp_path / "docs", documents=2)
+    build_index(s3_uri, ollama, source)
+    store = RecordingStore(open_store(s3_uri))
+    settings = settings_for(
+        s3_uri,
+        ollama,
+        tmp_path,
+        llm_provider="none",
+        embed_model="nomic-embed-text",  # this revision's model, whatever the index says
+        reload_min_interval_s=0,
+    )
+    loader = IndexLoader(settings, store=store)
+    first = loader.load().index_id
+    other = run_build(
+        open_store(s3_uri), str(source), OllamaEmbedder("other-embed", ollama.url),
+        channel="stable", chunk_size=64, chunk_overlap=8,
+    ).index_id  # fmt: skip
+    store.clear()
+    assert loader.request_reload()
+    wait_for_reloads(loader, {"failed": 1})
+    refused = (list(store.gets), list(store.fetches))
+    store.clear()
+    assert loader.request_reload()
+    wait_for_reloads(loader, {"failed": 1, "skipped_refused": 1})
+    again = (list(store.gets), list(store.fetches))
+
+    (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
+    third = build_index(s3_uri, ollama, source).index_id  # the channel moves on
+    store.clear()
+    assert loader.request_reload()
+    wait_for_reloads(loader, {"failed": 1, "skipped_refused": 1, "succeeded": 1})
+    assert refused == (["channels/stable.json", f"indexes/{other}/manifest.json"], [])
+    assert again == (["channels/stable.json"], [])
+    assert (loader.require().index_id, len(store.fetches)) == (third, len(DATA_FILES))
+    assert first != other
+    assert not (tmp_path / "cache" / other).exists()
+
+
+def test_a_burst_of_reload_requests_costs_at_most_two_reloads(
+    s3_uri: str, ollama: Ollama, tmp_path: Path
+) -> None:
+    """One reload reads while the burst begins, one more after it: the channel moved during
+    the burst, and the last reload serves where it points."""
+    source = write_corpus(tmp_path / "docs", documents=2)
+    build_index(s3_uri, ollama, source)
+    (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
+    newer = build_index(s3_uri, ollama, source, channel=None).index_id
+    store = RecordingStore(open_store(s3_uri))
+    settings = settings_for(
+        s3_uri, ollama, tmp_path, llm_provider="none", reload_min_interval_s=1.5
+    )
+    loader = IndexLoader(settings, store=store)
+    loader.load()
+    store.clear()
+    for n in range(100):
+        if n == 50:
+            promote(open_store(s3_uri), "stable", newer)
+        assert loader.request_reload()
+        time.sleep(0.005)  # a client sending events one after another, each a few ms
+    wait_for_reloads(loader, {"unchanged": 1, "succeeded": 1, "coalesced": 98})
+    assert loader.require().index_id == newer
+    assert store.gets.count("channels/stable.json") == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,9 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from functions.logs import REDACTED, Redactor, configure, redact
+from functions.logs import REDACTED, Redactor, TextFormatter, configure, redact
 
 from .conftest import Ollama, Published, function_env
+from .servers import function_process
 
 R = REDACTED
 
@@ -222,3 +224,53 @@ def test_both_documented_ways_to_run_log_the_same(
     assert {r["logger"] for r in records} >= {"functions.access", "uvicorn.error"}
     assert "uvicorn.access" not in {r["logger"] for r in records}
     assert all("color_message" not in r for r in records)
+
+
+_FORGED = "2026-01-01 00:00:00,000 ERROR functions.access: forged"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_client_cannot_forge_a_log_line(
+    published: Published, ollama: Ollama, tmp_path: Path, log_format: str
+) -> None:
+    """A path with %0A, %0D, %1B and U+2028 in it, refused 401: one record, one line."""
+    env = {
+        **function_env(published.store_uri, ollama, tmp_path),
+        "RAG_LOG_FORMAT": log_format,
+        "RAG_API_KEYS": "log-key-0001",
+    }
+    path = "/query%0A" + _FORGED.replace(" ", "%20") + "%0D%1B[2J%E2%80%A8"
+    with function_process(env) as running:
+        refused = running.client.get(path).status_code
+    assert refused == 401
+    lines = running.output.splitlines()
+    assert [line for line in lines if _FORGED in line and not line.startswith(_FORGED)] != []
+    assert [line for line in lines if line.startswith(_FORGED)] == []
+    if log_format == "json":
+        (access,) = [json.loads(line) for line in lines if "forged" in line]
+        assert access["http"]["path"] == "/query\n" + _FORGED + "\r\x1b[2J\u2028"
+    else:
+        (access,) = [line for line in lines if "forged" in line]
+        escaped = f"INFO functions.access: GET /query\\n{_FORGED}\\r\\x1b[2J\\u2028 401 "
+        assert escaped in access
+
+
+def test_text_logs_keep_a_debug_traceback_on_indented_lines() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(Redactor([], tracebacks=True))
+    logger = logging.getLogger("tests.text-logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise ValueError(f"bad path /a\n{_FORGED}")
+    except ValueError:
+        logger.exception("GET %s failed", f"/a\n{_FORGED}")
+    finally:
+        logger.removeHandler(handler)
+    first, *rest = stream.getvalue().splitlines()
+    assert first == f"ERROR tests.text-logs: GET /a\\n{_FORGED} failed"
+    assert rest[0] == "  Traceback (most recent call last):"
+    assert rest[-2:] == ["  ValueError: bad path /a", f"  {_FORGED}"]
+    assert all(line.startswith("  ") for line in rest)

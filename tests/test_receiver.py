@@ -303,3 +303,90 @@ def test_a_failing_member_fails_the_batch_and_none_of_it_counts(
         "Model server unavailable",
     )
     assert (alone.status_code, alone.headers["ce-correlationid"]) == (200, "ok")
+
+
+# Bodies nested deeper than Python's stack: 400, never a 500 and an ERROR log.
+
+_DEEP = b"[" * 30_000 + b"]" * 30_000
+_DEEP_EVENT = (
+    b'{"specversion": "1.0", "id": "deep", "source": "tests", "type": "'
+    + QUERY_REQUEST.encode()
+    + b'", "data": '
+    + _DEEP
+    + b"}"
+)
+NESTED = {
+    "structured": ("/events", STRUCTURED, _DEEP, {}, "Invalid CloudEvent"),
+    "structured-data": ("/events", STRUCTURED, _DEEP_EVENT, {}, "Invalid CloudEvent"),
+    "batch": ("/events", BATCH, b"[" + _DEEP_EVENT + b"]", {}, "Invalid CloudEvent"),
+    "binary": (
+        "/events",
+        "application/json",
+        b'{"query": "x", "filters": ' + _DEEP + b"}",
+        {"ce-specversion": "1.0", "ce-id": "deep", "ce-source": "tests", "ce-type": QUERY_REQUEST},
+        "Invalid CloudEvent",
+    ),
+    "query": ("/query", "application/json", b'{"query": "x", "filters": ' + _DEEP + b"}", {}, None),
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "headers", "title"), list(NESTED.values()), ids=list(NESTED)
+)
+def test_json_nested_30000_deep_is_400(
+    served: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    content_type: str,
+    body: bytes,
+    headers: dict[str, str],
+    title: str | None,
+) -> None:
+    with caplog.at_level("ERROR"):
+        response = served.post(
+            path, content=body, headers={"content-type": content_type, **headers}
+        )
+    assert (
+        response.status_code,
+        response.headers["content-type"],
+        response.json()["title"],
+    ) == (400, "application/problem+json", title or "Bad Request")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "attribute", "length", "status"),
+    [
+        ("structured", "id", 1024, 200),
+        ("structured", "id", 1025, 400),
+        ("structured", "id", 65_000, 400),
+        ("structured", "source", 1025, 400),
+        ("batch", "id", 1025, 400),
+        ("binary", "source", 1025, 400),
+    ],
+    ids=["id-1024", "id-1025", "id-65000", "source-1025", "batch-id-1025", "binary-source-1025"],
+)
+def test_ids_and_sources_over_1024_characters_are_400(
+    served: httpx.Client, mode: str, attribute: str, length: int, status: int
+) -> None:
+    member = {**structured(event(id="long")), attribute: "l" * length}
+    if mode == "binary":
+        headers = {f"ce-{name}": str(member[name]) for name in ("specversion", "id", "source")}
+        response = served.post(
+            "/events",
+            content=json.dumps(QUERY).encode(),
+            headers={**headers, "ce-type": QUERY_REQUEST, "content-type": "application/json"},
+        )
+    else:
+        response = post(
+            served,
+            [member] if mode == "batch" else member,
+            BATCH if mode == "batch" else STRUCTURED,
+        )
+    assert response.status_code == status, response.text
+    if status == 400:
+        where = "event 1 of the batch: " if mode == "batch" else ""
+        assert response.json()["detail"] == (
+            f"{where}attribute {attribute} is {length} characters long; this function accepts "
+            "at most 1024"
+        )
