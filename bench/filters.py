@@ -21,13 +21,15 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.synthetic_index import write_random_artifact  # noqa: E402
 
 
 def _filters(condition: Any, group: Any) -> dict[str, Any]:
@@ -69,7 +71,6 @@ def main() -> None:
     sys.path.insert(0, str(args.code))
     from functions import artifact as formats
     from functions import search
-    from functions.embeddings import normalize
     from functions.errors import RagError
     from functions.search import SearchIndex
 
@@ -99,20 +100,8 @@ def main() -> None:
         for i in range(n)
     ]
     with tempfile.TemporaryDirectory(prefix="bench-filters-") as tmp:
-        manifest = formats.write_artifact(
-            Path(tmp),
-            vectors=normalize(rng.standard_normal((n, dim), dtype=np.float32)),
-            records=records,
-            hashes=[formats.content_hash("b", r.text) for r in records],
-            embedding=formats.EmbeddingSpec(provider="bench", model="m", dim=dim),
-            chunking=formats.ChunkingSpec(chunk_size=512, chunk_overlap=0),
-            counts=formats.Counts(documents=n // 20, chunks=n, embedded=n, reused=0),
-            probe=formats.Probe(text="p", vector=[0.0] * dim),
-            created_at=datetime(2026, 12, 1, tzinfo=UTC),
-            builder_version="bench",
-        )
+        artifact = write_random_artifact(formats, Path(tmp), records, dim, rng)
         del records
-        artifact = formats.Artifact(manifest, {name: Path(tmp) / name for name in manifest.files})
         index = SearchIndex(artifact)
         masks: dict[str, Any] = {}
         for name, where in _filters(Condition, FilterGroup).items():
@@ -139,14 +128,14 @@ def main() -> None:
             searches[name] = round(statistics.median(times) * 1000, 3)
         index.close()
     results = {
-        "format_version": manifest.format_version,
+        "format_version": artifact.manifest.format_version,
         "chunks": n,
         "dim": dim,
         "machine": f"{platform.machine()}, python {platform.python_version()}",
         "mask_median": masks,
         "search_median_ms": searches,
     }
-    print(f"{args.label}: format {manifest.format_version}, {n} chunks x {dim}")
+    print(f"{args.label}: format {artifact.manifest.format_version}, {n} chunks x {dim}")
     for name, figure in masks.items():
         shown = f"{figure['ms']:9.3f} ms  {figure['rows']:6d} rows" if "ms" in figure else figure
         print(f"  mask   {name:34s} {shown}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from functions.errors import InvalidRequest, UnsupportedFilter
 from functions.filters import Condition, FilterGroup, equality_filter
 from functions.search import SearchIndex
 
-from .artifacts import artifact_of, random_artifact
+from .artifacts import COLOURS, artifact_of, random_artifact
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +210,43 @@ def test_a_closed_index_answers_in_the_callers_thread_and_is_freed(tmp_path: Pat
     gone = weakref.ref(index)
     del index
     assert gone() is None
+
+
+@pytest.mark.parametrize(
+    ("where", "admit"),
+    [
+        (FilterGroup((Condition("rank", ">=", 0),)), lambda i: i >= 0),
+        (FilterGroup((Condition("rank", "<", 5),)), lambda i: i % 10 < 5),
+        (
+            FilterGroup((Condition("rank", "==", 3), Condition("colour", "==", COLOURS[0]))),
+            lambda i: i % 10 == 3 and i % 3 == 0,
+        ),
+    ],
+    ids=["every-row", "half", "3-percent"],
+)
+def test_a_filtered_query_does_not_copy_the_admitted_vectors(
+    tmp_path: Path, where: FilterGroup, admit: Callable[[int], bool]
+) -> None:
+    """Issue 14: a filter that admits every row copied the whole matrix for every query. Now a
+    filter that admits many rows scores them in place (the others masked out), and one that
+    admits few (here 3 %) copies only those; either way the ranking is the exact one."""
+    import tracemalloc
+
+    artifact, vectors = random_artifact(tmp_path, n=20_000, dim=64)
+    index = SearchIndex(artifact)
+    matrix_bytes = 20_000 * 64 * 4
+    query = np.random.default_rng(5).standard_normal(64)
+    admitted = np.array([i for i in range(20_000) if admit(i)])
+    index.search(query.astype(np.float32), 10, where)  # the filter's columns, read once
+    tracemalloc.start()
+    try:
+        hits = index.search(query.astype(np.float32), 10, where)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        index.close()
+    assert [hit.row for hit in hits] == brute_force(vectors, query, 10, admitted)
+    # The scores (4 bytes a row) and the filter's mask are allocated; a copy of the admitted
+    # vectors (256 bytes a row) is allowed only under 10 % of the rows.
+    allowed = 0.1 * matrix_bytes + 12 * 20_000
+    assert peak < allowed, f"{peak:,} bytes allocated, a copy of the matrix is {matrix_bytes:,}"
