@@ -11,11 +11,13 @@ used, with ``raise ... from exc``.
     ├── ConfigurationError         500  settings that cannot work together
     ├── InvalidRequest             400  a request the function cannot answer as asked
     │   ├── UnsupportedFilter      400  a metadata filter the index cannot evaluate
+    │   ├── ContextTooLong         413  a conversation longer than the LLM's context window takes
     │   ├── InvalidEvent           400  a CloudEvent that is malformed or lacks a required attribute
     │   ├── UnsupportedEventFormat 415  a CloudEvents format (a Content-Type) it cannot read
     │   └── UnsupportedEventType   400  a CloudEvent of a type this function does not handle
     ├── NotReady                   503  no index is loaded (yet, or loading failed)
     ├── DeadlineExceeded           504  the request ran past its deadline (RAG_REQUEST_TIMEOUT_S)
+    ├── ModelBusy                  503  all LLM answer slots are taken (RAG_LLM_MAX_CONCURRENCY)
     ├── StoreError                 502  the object store failed or refused an operation
     │   ├── ObjectNotFound         404  a key, index or channel does not exist
     │   └── WriteConflict          409  a conditional write lost (a channel moved, a key exists)
@@ -33,11 +35,13 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "ConfigurationError",
+    "ContextTooLong",
     "DeadlineExceeded",
     "IndexTooLarge",
     "IntegrityError",
     "InvalidEvent",
     "InvalidRequest",
+    "ModelBusy",
     "ModelMismatch",
     "NotReady",
     "ObjectNotFound",
@@ -103,6 +107,13 @@ class UnsupportedFilter(InvalidRequest):
     title = "Unsupported filter"
 
 
+class ContextTooLong(InvalidRequest):
+    """A conversation too long for the LLM's context window, refused before any model call."""
+
+    status = 413
+    title = "Conversation too long for the model"
+
+
 class InvalidEvent(InvalidRequest):
     """A CloudEvent that is malformed or lacks a required attribute (not retried)."""
 
@@ -136,6 +147,15 @@ class DeadlineExceeded(RagError):
     status = 504
     title = "Request deadline exceeded"
     exposed = True
+
+
+class ModelBusy(RagError):
+    """As many LLM answers are in flight in this process as allowed; the client may retry."""
+
+    status = 503
+    title = "Too many answers in progress"
+    exposed = True
+    transient = True
 
 
 class StoreError(RagError):

@@ -32,6 +32,7 @@ from .errors import (
     NotReady,
     RagError,
 )
+from .limits import AnswerLimits
 from .search import SearchIndex
 from .service import Answerer, Observer, QueryService
 from .settings import Settings
@@ -137,6 +138,12 @@ class IndexLoader:
         self.reason: str | None = "index loading has not started"  # for logs: may name hosts
         self.public_reason: str | None = self.reason  # for /readyz and 503s: says no more than why
         self.service: QueryService | None = None
+        # One for the process, shared by the services of successive indexes: the bound on LLM
+        # answers in flight holds across hot reloads, and their model calls end by the
+        # request's deadline.
+        self.answer_limits = AnswerLimits(
+            deadline_s=settings.request_timeout_s, concurrency=settings.llm_max_concurrency
+        )
         self.timings: dict[str, float] = {}
         self.downloading = threading.Event()  # set once the data files are on their way (or failed)
         self.done = threading.Event()  # set once loading has succeeded or failed
@@ -285,7 +292,11 @@ class IndexLoader:
         check_model(manifest, embedder, settings.probe_min_cosine)
         self.timings["model_check"] = time.perf_counter() - step
         return QueryService(
-            index, embedder, make_answerer=self._answerer_factory(), observe=self._observe
+            index,
+            embedder,
+            make_answerer=self._answerer_factory(),
+            observe=self._observe,
+            limits=self.answer_limits,
         )
 
     def request_reload(self) -> bool:
@@ -364,7 +375,11 @@ class IndexLoader:
             logger.exception("reload failed, still serving %s", current.index_id)
             return
         service = QueryService(
-            index, embedder, make_answerer=self._answerer_factory(), observe=self._observe
+            index,
+            embedder,
+            make_answerer=self._answerer_factory(),
+            observe=self._observe,
+            limits=self.answer_limits,
         )
         self.service = service  # one assignment: new requests see the new index, old ones finish
         self.reloads["succeeded"] += 1
@@ -393,6 +408,7 @@ class IndexLoader:
                 settings.ollama_host,
                 context_window=settings.llm_context_window,
                 timeout_s=settings.llm_timeout_s,
+                max_tokens=settings.llm_max_tokens,
             )
             return LlamaAnswerer(index, embedder, llm)
 

@@ -3,7 +3,13 @@
 Retrieve mode and the extractive answer use the search module directly (no LlamaIndex import on
 that path); LLM answers go through LlamaIndex's query and chat engines (``engine``), built on
 first use. Every answer says which sources it cites: the [n] markers an LLM wrote (source n is
-the n-th source), or the sources of the sentences an extractive answer chose.
+the n-th source), or the sources of the sentences an extractive answer chose. Sources carry the
+chunk's metadata but for what describes the builder's machine (``INTERNAL_METADATA``).
+
+An LLM answer is checked against the LLM's context window first (``ContextTooLong``, 413, no
+model call); then it takes one of the process's answer slots (``AnswerLimits``: none free is
+``ModelBusy``, 503, at once) and holds it until its last token, and its model calls end by its
+deadline, so that the work of an answer ends with its request.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import numpy.typing as npt
 from .artifact import Manifest
 from .embeddings import Embedder
 from .filters import equality_filter
+from .limits import AnswerLimits, releasing
 from .search import Hit, SearchIndex
 
 __all__ = [
+    "INTERNAL_METADATA",
     "AnswerStream",
     "Answerer",
     "Observer",
@@ -38,6 +46,20 @@ __all__ = [
 
 # Told of every model-server call: which (embed or llm), seconds, and the error class if it failed.
 Observer = Callable[[str, float, str | None], None]
+
+# What LlamaIndex's file readers record about the builder's machine (SimpleDirectoryReader's
+# file metadata, HTMLTagReader's tag): never shown to clients, nor to the LLM (``prompts``).
+INTERNAL_METADATA = frozenset(
+    {
+        "file_path",
+        "file_size",
+        "creation_date",
+        "last_modified_date",
+        "last_accessed_date",
+        "tag",
+        "tag_id",
+    }
+)
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n{2,}")
@@ -93,23 +115,41 @@ class AnswerStream:
 
 class Answerer(Protocol):
     """LLM answers and their sources (``engine.LlamaAnswerer`` in production); sources are
-    LlamaIndex ``NodeWithScore`` objects labelled for citation, in citation order."""
+    LlamaIndex ``NodeWithScore`` objects labelled for citation, in citation order. The model
+    calls of an answer end by its ``deadline`` (``time.monotonic()``), if given."""
 
-    def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    def check(self, history: History, message: str) -> None:
+        """Refuse (``ContextTooLong``) what the LLM's context window cannot take."""
+
+    def answer(
+        self, query: str, top_k: int, filters: dict[str, Any], *, deadline: float | None = None
+    ) -> tuple[str, list[Any]]:
         """The answer text and its sources."""
 
     def stream(
-        self, query: str, top_k: int, filters: dict[str, Any]
+        self, query: str, top_k: int, filters: dict[str, Any], *, deadline: float | None = None
     ) -> tuple[Iterator[str], list[Any]]:
         """The answer token by token, and its sources."""
 
     def chat(
-        self, history: History, message: str, top_k: int, filters: dict[str, Any]
+        self,
+        history: History,
+        message: str,
+        top_k: int,
+        filters: dict[str, Any],
+        *,
+        deadline: float | None = None,
     ) -> tuple[str, list[Any]]:
         """The next assistant message of a conversation, and its sources."""
 
     def stream_chat(
-        self, history: History, message: str, top_k: int, filters: dict[str, Any]
+        self,
+        history: History,
+        message: str,
+        top_k: int,
+        filters: dict[str, Any],
+        *,
+        deadline: float | None = None,
     ) -> tuple[Iterator[str], list[Any]]:
         """``chat``, token by token."""
 
@@ -154,8 +194,10 @@ class QueryService:
         *,
         make_answerer: Callable[[SearchIndex, Embedder], Answerer] | None = None,
         observe: Observer | None = None,
+        limits: AnswerLimits | None = None,
     ) -> None:
         self.index = index
+        self.limits = limits or AnswerLimits()
         self._observe = observe
         self.embedder = embedder
         self.manifest: Manifest = index.artifact.manifest
@@ -192,8 +234,13 @@ class QueryService:
         if self._make_answerer is None:
             return self._extractive(query, top_k, filters)
         answerer = self._llm_answerer()
-        with self.timed("llm"):
-            text, nodes = answerer.answer(query, top_k, filters)
+        answerer.check([], query)
+        deadline, release = self.limits.take()
+        try:
+            with self.timed("llm"):
+                text, nodes = answerer.answer(query, top_k, filters, deadline=deadline)
+        finally:
+            release()
         return self._generated(nodes).result(text)
 
     def chat(
@@ -203,8 +250,13 @@ class QueryService:
         if self._make_answerer is None:
             return self._extractive(message, top_k, filters)
         answerer = self._llm_answerer()
-        with self.timed("llm"):
-            text, nodes = answerer.chat(history, message, top_k, filters)
+        answerer.check(history, message)
+        deadline, release = self.limits.take()
+        try:
+            with self.timed("llm"):
+                text, nodes = answerer.chat(history, message, top_k, filters, deadline=deadline)
+        finally:
+            release()
         return self._generated(nodes).result(text)
 
     def stream(
@@ -230,12 +282,20 @@ class QueryService:
                 result.cited,
             )
         answerer = self._llm_answerer()
-        with self.timed("llm"):  # retrieval and the request; the tokens are timed as they come
-            if history is None:
-                tokens, nodes = answerer.stream(query, top_k, filters)
-            else:
-                tokens, nodes = answerer.stream_chat(history, query, top_k, filters)
-        return self._generated(nodes, tokens)
+        answerer.check(history or [], query)
+        deadline, release = self.limits.take()
+        try:
+            with self.timed("llm"):  # retrieval and the request; the tokens are timed as they come
+                if history is None:
+                    tokens, nodes = answerer.stream(query, top_k, filters, deadline=deadline)
+                else:
+                    tokens, nodes = answerer.stream_chat(
+                        history, query, top_k, filters, deadline=deadline
+                    )
+        except BaseException:
+            release()
+            raise
+        return self._generated(nodes, releasing(tokens, release))
 
     def _extractive(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         vector = self.embed_query(query)
@@ -247,7 +307,10 @@ class QueryService:
     def _generated(self, nodes: list[Any], tokens: Iterator[str] | None = None) -> AnswerStream:
         from .engine import unlabelled
 
-        sources = [Source(*fields) for fields in unlabelled(nodes)]
+        sources = [
+            Source(node, score, text, _public(metadata))
+            for node, score, text, metadata in unlabelled(nodes)
+        ]
         return AnswerStream(sources, "generated", self.index_id, tokens or iter(()))
 
     def warm(self) -> None:
@@ -281,4 +344,8 @@ class _TimedEmbedder:
 
 
 def _source(hit: Hit) -> Source:
-    return Source(hit.record.id, hit.score, hit.record.text, hit.record.metadata)
+    return Source(hit.record.id, hit.score, hit.record.text, _public(hit.record.metadata))
+
+
+def _public(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metadata.items() if key not in INTERNAL_METADATA}

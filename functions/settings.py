@@ -50,6 +50,18 @@ class Settings(BaseSettings):
         8192, ge=512, description="Context window sent to Ollama as num_ctx."
     )
     llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one LLM call.")
+    llm_max_tokens: int = Field(
+        1024,
+        ge=16,
+        description="Most tokens one LLM call may write (Ollama's num_predict); at most half "
+        "the context window is kept for it.",
+    )
+    llm_max_concurrency: int = Field(
+        8,
+        ge=1,
+        description="LLM answers (and chat turns) in flight per process before new ones get "
+        "503 + Retry-After.",
+    )
     probe_min_cosine: float = Field(
         0.99, ge=-1, le=1, description="Least probe similarity to become ready."
     )

@@ -106,7 +106,9 @@ def ollama(_ollama_server: Ollama) -> Ollama:
 def _reset(double: OllamaDouble) -> None:
     double.latency_s = 0.0
     double.token_latency_s = 0.0
+    double.chat_latency_s = 0.0
     double.streams_finished = double.streams_abandoned = 0
+    double.chats_running = double.chats_abandoned = 0
     double.fail_embed = False
     double.fail_next = 0
     double.embedded.clear()

@@ -34,8 +34,11 @@ class OllamaDouble:
         self.chat_models = chat_models
         self.latency_s = 0.0
         self.token_latency_s = 0.0  # between streamed chat tokens
+        self.chat_latency_s = 0.0  # before a chat answer, on top of latency_s (embeddings: not)
         self.streams_finished = 0  # streamed chat answers sent to the end
         self.streams_abandoned = 0  # streamed chat answers whose client went away first
+        self.chats_running = 0  # chat calls not yet answered to the end nor abandoned
+        self.chats_abandoned = 0  # chat calls (streamed or not) whose client went away first
         self.fail_embed = False
         self.fail_next = 0  # fail this many embed requests, then recover
         self.embedded: list[str] = []
@@ -87,11 +90,11 @@ class OllamaDouble:
         """A deterministic answer that shows which context the caller sent.
 
         Like a model that follows a citation instruction, it cites the first of the numbered
-        sources ("Source 1:") when the prompt has them.
+        sources (``<source id="1" ...>``) when the prompt has them.
         """
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         last = prompt.splitlines()[-1][:80] if prompt else ""
-        cite = " [1]" if "Source 1:" in prompt else ""
+        cite = " [1]" if '<source id="1"' in prompt else ""
         return f"DOUBLE ANSWER ({len(prompt)} prompt chars): {last}{cite}"
 
     async def chat(self, request: Request) -> Response:
@@ -101,9 +104,13 @@ class OllamaDouble:
             return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
         with self._lock:
             self.chats.append(body)
+            self.chats_running += 1
         text = self.answer(body.get("messages", []))
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        streamed = body.get("stream", True)
+        delay = self.latency_s + self.chat_latency_s
+        if delay and not await self._waited(request, delay):
+            self._ended(abandoned=True, streamed=streamed)
+            return Response(status_code=499)
         done = {
             "model": model,
             "created_at": "2026-01-01T00:00:00Z",
@@ -114,7 +121,8 @@ class OllamaDouble:
             "prompt_eval_count": 10,
             "eval_count": len(text.split()),
         }
-        if not body.get("stream", True):
+        if not streamed:
+            self._ended(abandoned=False, streamed=False)
             return JSONResponse({**done, "message": {"role": "assistant", "content": text}})
 
         async def lines() -> AsyncIterator[bytes]:
@@ -140,13 +148,26 @@ class OllamaDouble:
                 yield json.dumps(done).encode() + b"\n"
                 finished = True
             finally:
-                with self._lock:
-                    if finished:
-                        self.streams_finished += 1
-                    else:
-                        self.streams_abandoned += 1
+                self._ended(abandoned=not finished, streamed=True)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def _waited(self, request: Request, seconds: float) -> bool:
+        """Sleep ``seconds`` as a model thinking; False as soon as the client goes away."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                return False
+            await asyncio.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+        return True
+
+    def _ended(self, *, abandoned: bool, streamed: bool) -> None:
+        with self._lock:
+            self.chats_running -= 1
+            self.chats_abandoned += abandoned
+            if streamed:
+                self.streams_finished += not abandoned
+                self.streams_abandoned += abandoned
 
     async def show(self, request: Request) -> Response:
         body = await request.json()

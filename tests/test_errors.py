@@ -74,11 +74,13 @@ def test_only_errors_about_the_request_show_their_message() -> None:
     assert {e.__name__ for e in ERRORS if e.exposed} == {
         "InvalidRequest",
         "UnsupportedFilter",
+        "ContextTooLong",
         "InvalidEvent",
         "UnsupportedEventFormat",
         "UnsupportedEventType",
         "NotReady",
         "DeadlineExceeded",
+        "ModelBusy",
         "ArtifactError",
         "IntegrityError",
         "UnsupportedFormat",

@@ -47,7 +47,7 @@ def test_an_answer_streams_token_by_token_and_ends_with_its_sources(
     # The double cites [1] when it is shown numbered sources: the citation names source 1.
     assert final["answer"].rstrip().endswith("[1]")
     assert final["cited"] == [final["sources"][0]["id"]]
-    assert not final["sources"][0]["text"].startswith("Source 1:")  # labels are not content
+    assert not final["sources"][0]["text"].startswith("<source")  # delimiters are not content
 
 
 def test_retrieve_and_extractive_modes_stream_too(
@@ -127,12 +127,14 @@ def test_chat_condenses_the_history_the_client_sends(
     assert body["cited"] == [body["sources"][0]["id"]]
     assert response.headers["x-index-id"] == published.index_id
     # LlamaIndex's condense-plus-context engine: one call to condense the conversation into a
-    # question (it sees the history), one to answer from the numbered sources.
+    # question (it sees the history), one to answer from the numbered sources: the
+    # instructions, the conversation, then the sources and the last message in the user's turn.
     condense, answer = ollama.double.chats[-4:-2]  # the streamed request made two more
     condense_prompt = json.dumps(condense["messages"])
     assert "Tell me about rivers." in condense_prompt
     assert "Which fact number is recorded?" in condense_prompt
-    assert "Source 1:" in json.dumps(answer["messages"])
+    assert [m["role"] for m in answer["messages"]] == ["system", "user", "assistant", "user"]
+    assert answer["messages"][-1]["content"].startswith('Sources:\n\n<source id="1"')
     assert streamed[-1].event == "end"
     assert streamed[-1].json()["answer"] == "".join(e.json()["text"] for e in streamed[:-1])
 
@@ -173,7 +175,7 @@ def test_chat_refuses_bad_conversations(
 def test_a_stream_past_its_deadline_is_504_and_the_llm_is_stopped(
     published: Published, ollama: Ollama, tmp_path: Path
 ) -> None:
-    ollama.double.latency_s = 1.0  # before the first token
+    ollama.double.chat_latency_s = 1.0  # before the first token
     ollama.double.token_latency_s = 0.2
     settings = settings_for(published.store_uri, ollama, tmp_path, request_timeout_s=0.5)
     with function(settings) as client:
