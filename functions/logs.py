@@ -78,11 +78,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"\beyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w-]*"), REDACTED),
     # name=value or name: value, for any name containing a secret-sounding word (access_token,
     # client_secret, aws_secret_access_key, X-API-Key, OLLAMA_API_KEY ...); quoted values whole.
-    # Not an exception's name: "NoCredentialsError: Unable to locate credentials" is no secret.
+    # Not an exception's name: "NoCredentialsError: Unable to locate credentials" is no secret;
+    # nor a document's file name in the builder's reports ("skipped passwords.md: a symbolic
+    # link").
     (
         re.compile(
             r"(?i)(?<![a-z0-9])([a-z0-9_.-]*(?:api[_-]?keys?|password|passwd|secret|token"
             r"|signature|credential)[a-z0-9_.-]*)(?<!error)(?<!exception)"
+            r"(?<!\.txt)(?<!\.md)(?<!\.markdown)(?<!\.rst)(?<!\.html)(?<!\.htm)(?<!\.pdf)"
             r"(['\"]?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s'\",;&]+)"
         ),
         _keep_quotes,

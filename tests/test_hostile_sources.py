@@ -124,8 +124,7 @@ def test_symbolic_links_are_skipped_without_naming_their_targets(
     private = tmp_path / "private"
     private.mkdir()
     (private / "keys.md").write_text("The deploy key is 8c1f9a.\n")
-    # Not named passwd.txt: functions.logs would take "passwd.txt: a symbolic link" for a secret.
-    (source / "users.txt").symlink_to("/etc/passwd")
+    (source / "passwd.txt").symlink_to("/etc/passwd")  # the example
     (source / "shared").symlink_to(private, target_is_directory=True)
     (source / "sub").mkdir()
     (source / "sub" / "keys.md").symlink_to(private / "keys.md")
@@ -149,7 +148,7 @@ def test_symbolic_links_are_skipped_without_naming_their_targets(
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("WARNING")] == [
         f"WARNING index_builder.sources: skipped {name}: a symbolic link"
-        for name in ("shared", "users.txt", "sub/keys.md")
+        for name in ("passwd.txt", "shared", "sub/keys.md")
     ]
     assert re.search(r"^built \S+: 2 documents, .*, 3 files skipped$", done.stderr, re.M)
     index = tmp_path / "store" / "indexes" / done.stdout.strip()

@@ -50,11 +50,15 @@ R = REDACTED
         ("got eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_x from it", f"got {R} from it"),
         ("NoCredentialsError: Unable to locate them", "NoCredentialsError: Unable to locate them"),
         ("InvalidTokenException: expired", "InvalidTokenException: expired"),
+        ("skipped docs/passwd.txt: a symbolic link", "skipped docs/passwd.txt: a symbolic link"),
+        ("skipped s3://b/tokens.PDF: not a PDF", "skipped s3://b/tokens.PDF: not a PDF"),
+        ("db.password: hunter22", f"db.password: {R}"),
     ],
     ids=[
         "url-userinfo", "authorization", "basic", "bearer", "empty-user", "at-in-query",
         "oauth", "env-names", "aws", "quoted-spaces", "x-api-key", "presigned", "password",
-        "known-secret", "plain", "jwt", "exception-name", "exception-name-2",
+        "known-secret", "plain", "jwt", "exception-name", "exception-name-2", "file-name",
+        "file-name-2", "dotted-key",
     ],
 )  # fmt: skip
 def test_redact(text: str, expected: str) -> None:
