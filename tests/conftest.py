@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
 import uuid
@@ -22,6 +23,7 @@ from functions.logs import Redactor
 from functions.settings import Settings
 from functions.storage import open_store
 from index_builder.job import run_build
+from scripts.elasticsearch import EXIT_UNAVAILABLE
 
 from .ollama_double import OllamaDouble
 from .servers import serve
@@ -35,6 +37,10 @@ for _name, _value in {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }.items():
     os.environ[_name] = _value
+# The Elasticsearch fixture's own variables, kept aside before the RAG_* variables are dropped.
+_ELASTICSEARCH_ENV = {
+    name: os.environ[name] for name in ("RAG_TEST_ES_URL", "RAG_ES_CACHE") if name in os.environ
+}
 for _name in [name for name in os.environ if name.startswith("RAG_")] + [
     "AWS_PROFILE",
     "OLLAMA_HOST",
@@ -199,3 +205,45 @@ def published(
     manifest = build_index(store_uri, _ollama_server, source)
     artifact = fetch_artifact(open_store(store_uri), manifest, tmp_path_factory.mktemp("reference"))
     return Published(store_uri, manifest.index_id, artifact)
+
+
+_ELASTICSEARCH_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "elasticsearch.py"
+
+
+def _elasticsearch(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(_ELASTICSEARCH_SCRIPT), command],
+        env={**os.environ, **_ELASTICSEARCH_ENV},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url() -> Iterator[str]:
+    """A real Elasticsearch: ``RAG_TEST_ES_URL``, a running ``scripts/elasticsearch.py`` server
+    (left running), or one that script starts for this session and stops after it. Skipped where
+    the script cannot get one (no Java, no Maven, no download), failed instead when
+    ``REQUIRE_ELASTICSEARCH_TESTS`` is set."""
+    if url := _ELASTICSEARCH_ENV.get("RAG_TEST_ES_URL"):
+        yield url.rstrip("/")
+        return
+    running = _elasticsearch("url")
+    if running.returncode == 0:
+        yield running.stdout.strip()
+        return
+    started = _elasticsearch("start")
+    if started.returncode != 0:
+        said = started.stderr.strip()[-3000:]
+        reason = f"no Elasticsearch: scripts/elasticsearch.py start said\n{said}"
+        if started.returncode != EXIT_UNAVAILABLE:
+            pytest.fail(reason, pytrace=False)
+        if os.environ.get("REQUIRE_ELASTICSEARCH_TESTS"):
+            pytest.fail(f"{reason}\nbut REQUIRE_ELASTICSEARCH_TESTS is set", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield started.stdout.strip()
+    finally:
+        _elasticsearch("stop")
