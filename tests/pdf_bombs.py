@@ -1,5 +1,6 @@
-"""Hostile PDFs for the builder's tests, made here byte by byte: small files whose one
-Flate-compressed content stream draws a line of text thousands of times."""
+"""PDFs for the builder's tests, made here byte by byte: a plain one-page document, and hostile
+ones, small files whose one Flate-compressed content stream draws a line of text thousands of
+times."""
 
 from __future__ import annotations
 
@@ -25,6 +26,26 @@ def pdf_bomb(repeats: int, pages: int = 1) -> bytes:
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         *[page] * pages,
     ]
+    return pdf_file(objects)
+
+
+def one_page_pdf(text: str) -> bytes:
+    """A one-page PDF whose content stream draws ``text`` in Helvetica."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF file of ``objects`` (numbered from 1, the first the catalog), with its xref."""
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))

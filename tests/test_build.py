@@ -16,6 +16,7 @@ from index_builder.progress import Progress
 from index_builder.sources import load_documents
 
 from .conftest import Ollama, write_corpus
+from .pdf_bombs import one_page_pdf
 
 
 def build_and_publish(
@@ -219,33 +220,8 @@ def test_only_unreadable_files_is_no_text_to_index(tmp_path: Path, ollama: Ollam
         build_and_publish(tmp_path, str(tmp_path / "store"), ollama)
 
 
-def _pdf(text: str) -> bytes:
-    """A one-page PDF whose content stream draws ``text`` in Helvetica."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
-
-
 def test_pdf_pages_are_read_with_llamaindex_pdf_reader(tmp_path: Path) -> None:
-    (tmp_path / "guide.pdf").write_bytes(_pdf("Knative scales the query function to zero."))
+    (tmp_path / "guide.pdf").write_bytes(one_page_pdf("Knative scales the query function to zero."))
     (document,) = load_documents(str(tmp_path))
     assert "Knative scales the query function to zero." in document.text
     assert (document.id_, document.metadata["source"], document.metadata["file_type"]) == (
