@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
@@ -183,6 +183,33 @@ class Settings(BaseSettings):
         pattern=r"^/",
         description="AWS Lambda: the API Gateway stage or custom-domain base path before the "
         "routes in request paths (/prod), stripped; / = none.",
+    )
+    elasticsearch_url: str | None = Field(
+        None,
+        description="Builder: the Elasticsearch that published indexes are loaded into "
+        "(--elasticsearch); unset or empty = none.",
+    )
+    elasticsearch_api_key: SecretStr | None = Field(
+        None, description="Elasticsearch API key (base64 id:key); or username and password."
+    )
+    elasticsearch_username: str | None = Field(None, description="Elasticsearch basic auth user.")
+    elasticsearch_password: SecretStr | None = Field(
+        None, description="Elasticsearch basic auth password."
+    )
+    elasticsearch_ca_file: Path | None = Field(
+        None, description="CA bundle trusted for an https Elasticsearch URL."
+    )
+    elasticsearch_index_prefix: str = Field(
+        "knative-rag",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$",
+        description="Elasticsearch names: <prefix>-<index id> for indexes, <prefix>-<channel> "
+        "for the channels' aliases.",
+    )
+    elasticsearch_replicas: int = Field(
+        1, ge=0, description="number_of_replicas of each Elasticsearch index the builder creates."
+    )
+    elasticsearch_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one Elasticsearch request, seconds."
     )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["auto", "json", "text"] = Field(

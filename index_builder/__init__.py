@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .build import BuildReport, build_artifact, chunk_documents
 from .job import run_build
-from .publish import catalog, collect_garbage, promote, publish
+from .publish import catalog, collect_garbage, load, promote, publish
 from .sources import load_documents
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "catalog",
     "chunk_documents",
     "collect_garbage",
+    "load",
     "load_documents",
     "promote",
     "publish",

@@ -1,4 +1,4 @@
-"""``python -m index_builder``: build, list, promote and gc indexes in a store.
+"""``python -m index_builder``: build, list, promote, load and gc indexes in a store.
 
 Exit status: 0 done; 1 failed (one line on stderr says why); 2 bad usage; 3 a channel moved
 while we worked (a concurrent publisher won the compare-and-swap; nothing was overwritten).
@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
+from functions.catalog import is_index_id
 from functions.embeddings import make_embedder
 from functions.errors import ConfigurationError, RagError, WriteConflict
 from functions.events import INDEX_PUBLISHED
@@ -22,7 +24,10 @@ from functions.storage import Store, open_store
 from .job import DryRun, dry_run, run_build
 from .limits import MIB, Limits
 from .progress import Progress, human_bytes
-from .publish import catalog, collect_garbage, promote
+from .publish import catalog, collect_garbage, load, promote
+
+if TYPE_CHECKING:
+    from .elastic import Cluster, LoadedIndex
 
 EXIT_FAILED = 1
 EXIT_CONFLICT = 3
@@ -59,8 +64,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     store_help = "store URI: s3://bucket/prefix, file:///path or a folder (default: $RAG_STORE_URI)"
     parser.add_argument("--store", default=settings.store_uri, help=store_help)
+    es_help = (
+        "Elasticsearch URL: load indexes there and move channels' aliases "
+        "(default: $RAG_ELASTICSEARCH_URL; credentials only from the environment)"
+    )
+    parser.add_argument("--elasticsearch", default=settings.elasticsearch_url, help=es_help)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--elasticsearch", default=argparse.SUPPRESS, help=es_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -146,6 +157,16 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="create the channel if it does not exist yet (else that is an error)",
     )
 
+    loading = command(
+        "load", "load a published index into Elasticsearch (nothing is embedded again)"
+    )
+    loading.add_argument(
+        "name",
+        metavar="INDEX_ID_OR_CHANNEL",
+        help="an index id, or a channel: its current index, and the channel's alias follows "
+        "(the store's channel does not move)",
+    )
+
     gc = command("gc", "delete old indexes (never one a channel points to)")
     gc.add_argument(
         "--keep", type=_keep, required=True, help="newest complete indexes to keep (0 or more)"
@@ -154,7 +175,28 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
+def _cluster(args: argparse.Namespace, settings: Settings) -> Cluster | None:
+    """The Elasticsearch that ``--elasticsearch`` names, with the credentials of the settings."""
+    if not args.elasticsearch:
+        return None
+    from .elastic import Cluster  # its client only where it is used (0.4 s to import)
+
+    api_key, password = settings.elasticsearch_api_key, settings.elasticsearch_password
+    return Cluster(
+        args.elasticsearch,
+        api_key=api_key.get_secret_value() if api_key else None,
+        username=settings.elasticsearch_username,
+        password=password.get_secret_value() if password else None,
+        ca_file=settings.elasticsearch_ca_file,
+        prefix=settings.elasticsearch_index_prefix,
+        replicas=settings.elasticsearch_replicas,
+        timeout_s=settings.elasticsearch_timeout_s,
+    )
+
+
+def _build(
+    args: argparse.Namespace, store: Store, settings: Settings, cluster: Cluster | None
+) -> None:
     embedder = make_embedder(
         args.embed_provider,
         args.embed_model,
@@ -179,7 +221,11 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
     if args.dry_run:
         _print_plan(dry_run(store, args.source, embedder, **options), embedder.model, args)
         return
-    manifest = run_build(store, args.source, embedder, **options)
+    if cluster is not None:  # before an hour of embedding, not after
+        if args.channel:
+            cluster.alias(args.channel)
+        cluster.check()
+    manifest = run_build(store, args.source, embedder, mirror=cluster, **options)
     counts = manifest.counts
     size = sum(entry.size for entry in manifest.files.values())
     print(progress.summary(), file=sys.stderr)
@@ -223,6 +269,7 @@ def _build(args: argparse.Namespace, store: Store, settings: Settings) -> None:
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
         f"{counts.embedded} embedded, {counts.reused} reused, {human_bytes(size)}{skipped}"
+        + (f"; in Elasticsearch as {cluster.index_name(manifest.index_id)}" if cluster else "")
         + (f"; channel {args.channel} moved" if args.channel else ""),
         file=sys.stderr,
     )
@@ -253,24 +300,39 @@ def _print_plan(run: DryRun, model: str, args: argparse.Namespace) -> None:
     )
 
 
-def _list(store: Store) -> None:
+def _list(store: Store, cluster: Cluster | None) -> None:
     indexes, channels = catalog(store)
     if not indexes and not channels:
         print(f"{store.uri} holds no indexes and no channels", file=sys.stderr)
+    loaded = {found.index_id: found for found in cluster.indexes()} if cluster else {}
+    aliased = {channel: found.index_id for found in loaded.values() for channel in found.channels}
     pointed: dict[str, list[str]] = {}
     for name, pointer in sorted(channels.items()):
         pointed.setdefault(pointer.index_id, []).append(name)
+        alias = f"  alias -> {aliased.get(name, 'none')}" if cluster else ""
         print(
             f"channel {name:<16} -> {pointer.index_id}  "
-            f"(published {pointer.published_at:%Y-%m-%d %H:%M:%S}Z)"
+            f"(published {pointer.published_at:%Y-%m-%d %H:%M:%S}Z){alias}"
         )
     for info in indexes:
         state = "" if info.complete else "  INCOMPLETE"
         tags = f"  [{', '.join(pointed[info.index_id])}]" if info.index_id in pointed else ""
+        found = loaded.pop(info.index_id, None)
+        es = "" if cluster is None else f"  elasticsearch: {_loaded(found)}"
         print(
             f"index   {info.index_id}  {info.size / 1e6:10.2f} MB  "
-            f"{info.modified:%Y-%m-%d %H:%M}Z{tags}{state}"
+            f"{info.modified:%Y-%m-%d %H:%M}Z{tags}{state}{es}"
         )
+    for found in loaded.values():  # in Elasticsearch only: gc deletes it unless aliased
+        print(f"elasticsearch {found.name}  {_loaded(found)}  (not in the store)")
+
+
+def _loaded(found: LoadedIndex | None) -> str:
+    """An index's state in Elasticsearch, for ``list``."""
+    if found is None:
+        return "not loaded"
+    aliases = f" [{', '.join(found.channels)}]" if found.channels else ""
+    return f"{found.docs:,} docs{aliases}" + ("" if found.complete else " INCOMPLETE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         log_format=settings.log_format,
         replace=True,
     )
+    # The Elasticsearch transport warns at each retry; what failed in the end is our one line.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     try:
         _run(args, settings)
         sys.stdout.flush()
@@ -312,27 +376,69 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     if not args.store:
         raise ConfigurationError("no store: pass --store or set RAG_STORE_URI")
     store = open_store(args.store)
+    cluster = _cluster(args, settings)
+    try:
+        _command(args, settings, store, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _command(
+    args: argparse.Namespace, settings: Settings, store: Store, cluster: Cluster | None
+) -> None:
     if args.command == "build":
-        _build(args, store, settings)  # checks that it can write there, before it reads
+        _build(args, store, settings, cluster)  # checks that it can write there, before it reads
         return
     store.check()  # a store that does not exist is an error, not an empty listing
     if args.command == "list":
-        _list(store)
+        _list(store, cluster)
     elif args.command == "promote":
+        if cluster is not None:
+            cluster.alias(args.channel)
+        progress = Progress()
         pointer = promote(
             store,
             args.channel,
             args.index,
             expected_index=args.expect,
             create_channel=args.create_channel,
+            mirror=cluster,
+            progress=progress,
         )
         print(f"channel {args.channel} -> {pointer.index_id}")
+        if cluster is not None:
+            print(progress.summary(), file=sys.stderr)
+            print(f"alias {cluster.alias(args.channel)} -> {cluster.index_name(pointer.index_id)}")
+    elif args.command == "load":
+        if cluster is None:
+            raise ConfigurationError("load needs --elasticsearch or RAG_ELASTICSEARCH_URL")
+        if not is_index_id(args.name):
+            cluster.alias(args.name)
+        progress = Progress()
+        manifest, fresh = load(store, args.name, cluster, progress)
+        name = cluster.index_name(manifest.index_id)
+        print(progress.summary(), file=sys.stderr)
+        print(
+            (
+                f"loaded {manifest.index_id}: {manifest.counts.chunks} chunks"
+                if fresh
+                else f"{manifest.index_id} was loaded already"
+            )
+            + f", as {name}",
+            file=sys.stderr,
+        )
+        print(name)
+        if not is_index_id(args.name):
+            print(f"alias {cluster.alias(args.name)} -> {name}")
     elif args.command == "gc":
-        collected = collect_garbage(store, args.keep, dry_run=args.dry_run)
+        collected = collect_garbage(store, args.keep, dry_run=args.dry_run, mirror=cluster)
         for index_id in collected.indexes:
             print(("would delete " if args.dry_run else "deleted ") + index_id)
         for key in collected.uploads:
             print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
+        for name in collected.mirrored:
+            print(("would delete " if args.dry_run else "deleted ") + f"elasticsearch {name}")
 
 
 if __name__ == "__main__":

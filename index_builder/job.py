@@ -26,7 +26,7 @@ from functions.storage import Store
 from .build import BuildPlan, build_artifact, default_chunk_size, plan_build
 from .limits import Limits
 from .progress import Progress
-from .publish import missing_channel, publish
+from .publish import Mirror, missing_channel, publish
 from .sources import OnUnreadable, load_documents
 
 __all__ = ["DryRun", "dry_run", "run_build"]
@@ -61,8 +61,10 @@ def run_build(
     on_unreadable: OnUnreadable = "skip",
     limits: Limits | None = None,
     progress: Progress | None = None,
+    mirror: Mirror | None = None,
 ) -> Manifest:
-    """Build an index of ``source`` and publish it; move ``channel`` to it if given.
+    """Build an index of ``source`` and publish it (and load it into ``mirror``); move
+    ``channel`` to it if given.
 
     Before anything is read or embedded, the store must be writable (a missing bucket, wrong
     credentials or a server without conditional writes fail here, not after an hour of
@@ -95,6 +97,7 @@ def run_build(
             channel=channel,
             expected_etag=expected_etag,
             progress=progress,
+            mirror=mirror,
         )
 
 

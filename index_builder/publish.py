@@ -1,28 +1,38 @@
-"""Publishing indexes and moving channels: upload, compare-and-swap, list, promote, gc.
+"""Publishing indexes and moving channels: upload, compare-and-swap, list, promote, load, gc.
 
 Publishing is two steps that each either happen whole or not at all: the data files go up, then
 the manifest with If-None-Match (an index exists once its manifest does); then the channel
 pointer moves by compare-and-swap against the version read before the build started, so a
 concurrent publisher is never overwritten silently — the loser gets ``WriteConflict``.
+
+With a ``Mirror`` (Elasticsearch) the index is loaded there after its upload and before the
+channel moves, and the mirror's pointer (an alias) moves only after the compare-and-swap won:
+the store's channel never names an index the mirror lacks, the mirror never points at a
+half-loaded index, and a lost race moves nothing.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
-from functions.artifact import DATA_FILES, MANIFEST, Manifest, parse_manifest
+from functions.artifact import DATA_FILES, MANIFEST, Artifact, Manifest, parse_manifest
 from functions.catalog import (
     Pointer,
     channel_key,
+    fetch_artifact,
     index_key,
     is_index_id,
     move_channel,
     read_channel,
     read_manifest,
+    read_pointer,
 )
 from functions.errors import ObjectNotFound, WriteConflict
 from functions.storage import Store
@@ -32,13 +42,39 @@ from .progress import Progress
 __all__ = [
     "Collected",
     "IndexInfo",
+    "Mirror",
     "catalog",
     "collect_garbage",
+    "load",
     "missing_channel",
     "promote",
     "publish",
     "upload_index",
 ]
+
+logger = logging.getLogger(__name__)
+
+
+class Mirror(Protocol):
+    """A second place that serves published indexes (Elasticsearch), following the store."""
+
+    def load(
+        self,
+        manifest: Manifest,
+        manifest_sha256: str,
+        artifact: Callable[[Path], Artifact],
+        progress: Progress,
+    ) -> bool:
+        """Load an index unless it is there already (False then); ``artifact`` opens its files."""
+        ...
+
+    def point(self, channel: str, index_id: str) -> None:
+        """Point the channel there at a loaded index."""
+        ...
+
+    def collect(self, kept: set[str], *, dry_run: bool, incomplete_after: timedelta) -> list[str]:
+        """Delete what no channel there names and ``kept`` lacks; returns what it deleted."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -53,10 +89,11 @@ class IndexInfo:
 
 @dataclass(frozen=True)
 class Collected:
-    """What gc deleted (or would delete): index ids, and dead uploads' keys."""
+    """What gc deleted (or would delete): index ids, dead uploads' keys, the mirror's indexes."""
 
     indexes: list[str]
     uploads: list[str]
+    mirrored: list[str] = field(default_factory=list)
 
 
 def upload_index(
@@ -110,18 +147,28 @@ def publish(
     channel: str | None,
     expected_etag: str | None,
     progress: Progress | None = None,
+    mirror: Mirror | None = None,
 ) -> Manifest:
-    """Upload an index and, if asked, move ``channel`` to it by compare-and-swap; returns the
-    manifest as published (an identical index already in the store keeps its own)."""
+    """Upload an index, load it into ``mirror``, and, if asked, move ``channel`` to it by
+    compare-and-swap, then the mirror's channel; returns the manifest as published (an identical
+    index already in the store keeps its own)."""
+    progress = progress or Progress(bars=False)
     data = upload_index(store, directory, manifest, progress)
+    published = parse_manifest(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if mirror is not None:
+        files = {name: directory / name for name in DATA_FILES}  # the files just uploaded
+        mirror.load(published, sha256, lambda _: Artifact(published, files), progress)
     if channel is not None:
         pointer = Pointer(
             index_id=manifest.index_id,
-            manifest_sha256=hashlib.sha256(data).hexdigest(),
+            manifest_sha256=sha256,
             published_at=datetime.now(UTC),
         )
         move_channel(store, channel, pointer, expected_etag=expected_etag)
-    return parse_manifest(data)
+        if mirror is not None:
+            _follow(store, mirror, channel, manifest.index_id)
+    return published
 
 
 def promote(
@@ -131,15 +178,18 @@ def promote(
     *,
     expected_index: str | None = None,
     create_channel: bool = False,
+    mirror: Mirror | None = None,
+    progress: Progress | None = None,
 ) -> Pointer:
-    """Point ``channel`` at an existing, valid index (compare-and-swap on the current pointer).
+    """Point ``channel`` at an existing, valid index (compare-and-swap on the current pointer),
+    loading it into ``mirror`` first and moving the mirror's channel after.
 
     A channel that does not exist yet is created only with ``create_channel``: a typo in a
     channel's name must not quietly start a channel nothing follows.
     """
     channel_key(channel)  # refuse a bad name before touching the store
     index_key(index_id)  # an index id, not a channel name (read_manifest would take either)
-    read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
+    manifest = read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
     data = store.get(index_key(index_id)).data
     try:
         current, etag = read_channel(store, channel)
@@ -162,8 +212,59 @@ def promote(
         manifest_sha256=hashlib.sha256(data).hexdigest(),
         published_at=datetime.now(UTC),
     )
+    if mirror is not None:
+        mirror.load(
+            manifest,
+            pointer.manifest_sha256,
+            lambda folder: fetch_artifact(store, manifest, folder),
+            progress or Progress(bars=False),
+        )
     move_channel(store, channel, pointer, expected_etag=expected)
+    if mirror is not None:
+        _follow(store, mirror, channel, index_id)
     return pointer
+
+
+def load(
+    store: Store, name: str, mirror: Mirror, progress: Progress | None = None
+) -> tuple[Manifest, bool]:
+    """Load the index ``name`` names (an index id, or a channel's current index) into
+    ``mirror`` without embedding anything; for a channel, the mirror's channel follows (the
+    store's stays). Returns the manifest, and whether it was loaded now (False: already there).
+    """
+    pointer = None if is_index_id(name) else read_pointer(store, name)
+    manifest = read_manifest(store, name, pointer=pointer)  # checked against the pointer
+    sha256 = (
+        pointer.manifest_sha256
+        if pointer is not None
+        else hashlib.sha256(store.get(index_key(manifest.index_id)).data).hexdigest()
+    )
+    loaded = mirror.load(
+        manifest,
+        sha256,
+        lambda folder: fetch_artifact(store, manifest, folder),
+        progress or Progress(bars=False),
+    )
+    if pointer is not None:
+        _follow(store, mirror, name, manifest.index_id)
+    return manifest, loaded
+
+
+def _follow(store: Store, mirror: Mirror, channel: str, index_id: str) -> None:
+    """Move the mirror's channel to ``index_id``, which the store's channel named a moment ago.
+
+    Two publishers that both won a compare-and-swap, one after the other, may move the mirror in
+    the other order: the store is the truth, and ``load <channel>`` points the mirror there.
+    """
+    mirror.point(channel, index_id)
+    now = read_channel(store, channel)[0].index_id
+    if now != index_id:
+        logger.warning(
+            "channel %s moved on to %s meanwhile; to point its alias there too, run: load %s",
+            channel,
+            now,
+            channel,
+        )
 
 
 def missing_channel(store: Store, name: str) -> ObjectNotFound:
@@ -213,12 +314,15 @@ def collect_garbage(
     *,
     incomplete_after: timedelta = timedelta(hours=6),
     dry_run: bool = False,
+    mirror: Mirror | None = None,
 ) -> Collected:
     """Delete all but the ``keep`` newest complete indexes, never one a channel points to.
 
     What a build that died mid-upload left is deleted once older than ``incomplete_after``, so
     a build uploading right now is left alone: index folders without a manifest, and uploads
-    never completed (S3 multipart uploads, a local store's temporary files).
+    never completed (S3 multipart uploads, a local store's temporary files). In ``mirror``, what
+    no channel there names and the store does not keep is deleted (a load not finished only
+    once older than ``incomplete_after``).
     """
     indexes, channels = catalog(store)
     pinned = {pointer.index_id for pointer in channels.values()}
@@ -232,7 +336,9 @@ def collect_garbage(
         if not info.complete and now - info.modified > incomplete_after
     ]
     if dry_run:
-        return Collected(doomed, uploads)
+        return Collected(
+            doomed, uploads, _mirrored(mirror, indexes, doomed, incomplete_after, True)
+        )
     deleted = []
     for index_id in doomed:
         # A channel may have moved since the listing: look again right before deleting.
@@ -242,4 +348,17 @@ def collect_garbage(
         store.delete([index_key(index_id)])
         store.delete([item.key for item in store.list_objects(f"indexes/{index_id}/")])
         deleted.append(index_id)
-    return Collected(deleted, uploads)
+    return Collected(deleted, uploads, _mirrored(mirror, indexes, deleted, incomplete_after, False))
+
+
+def _mirrored(
+    mirror: Mirror | None,
+    indexes: list[IndexInfo],
+    gone: list[str],
+    incomplete_after: timedelta,
+    dry_run: bool,
+) -> list[str]:
+    if mirror is None:
+        return []
+    kept = {info.index_id for info in indexes} - set(gone)
+    return mirror.collect(kept, dry_run=dry_run, incomplete_after=incomplete_after)
