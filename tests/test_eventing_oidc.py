@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,19 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from functions.settings import Settings
 from scripts.knative_rules import violations
 
 from .test_knative import (
     KUBERNETES,
-    ROOT,
     SCHEMAS,
     _containers,
     _is_knative,
     _rag_query,
     _settings_variables,
     render,
+    render_with,
 )
 
 COMPONENT = "../../components/eventing-oidc"
@@ -48,15 +46,9 @@ class Rendered:
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
-    root = tmp_path_factory.mktemp(f"knative-{request.param}")
-    shutil.copytree(ROOT / "knative", root / "knative")
     overlay = f"overlays/{request.param}"
-    plain = render(overlay, root=root)
-    path = root / "knative" / overlay / "kustomization.yaml"
-    kustomization = yaml.safe_load(path.read_text())
-    kustomization.setdefault("components", []).append(COMPONENT)  # the one line a user adds
-    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
-    return Rendered(plain, render(overlay, root=root))
+    root = tmp_path_factory.mktemp(f"knative-{request.param}")
+    return Rendered(render(overlay), render_with(overlay, COMPONENT, root))
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:

@@ -52,6 +52,17 @@ def render(overlay: str, root: Path = ROOT) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
+def render_with(overlay: str, component: str, root: Path) -> list[dict[str, Any]]:
+    """``overlay`` rendered from a copy of knative/ under ``root``, with ``component`` added to
+    its kustomization the way a user adds it: one line under ``components``."""
+    shutil.copytree(ROOT / "knative", root / "knative")
+    path = root / "knative" / overlay / "kustomization.yaml"
+    kustomization = yaml.safe_load(path.read_text())
+    kustomization.setdefault("components", []).append(component)
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return render(overlay, root=root)
+
+
 @pytest.fixture(scope="module", params=OVERLAYS)
 def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     return render(request.param)
