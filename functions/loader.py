@@ -382,14 +382,16 @@ class IndexLoader:
             limits=self.answer_limits,
         )
         self.service = service  # one assignment: new requests see the new index, old ones finish
-        self.reloads["succeeded"] += 1
+        was = current.index_id
         current.index.close()
         # Requests still on the old index keep their mappings; the cache (memory on Knative)
         # gets the space back once they finish. A local store's files are used in place and
         # have no copy in the cache.
-        shutil.rmtree(settings.cache_dir / current.index_id, ignore_errors=True)
+        shutil.rmtree(settings.cache_dir / was, ignore_errors=True)
+        del current  # this thread must not keep the old index alive while it warms the new one
+        self.reloads["succeeded"] += 1
         self._warm(service)
-        logger.info("reloaded: serving index %s (was %s)", service.index_id, current.index_id)
+        logger.info("reloaded: serving index %s (was %s)", service.index_id, was)
 
     def _observe(self, call: str, seconds: float, error: str | None) -> None:
         for observer in self.observers:

@@ -178,6 +178,25 @@ def test_a_reload_lets_the_old_index_go(s3_uri: str, ollama: Ollama, tmp_path: P
     assert gone() is None
 
 
+def test_the_old_index_goes_while_the_new_one_is_still_warming(
+    s3_uri: str, ollama: Ollama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload thread warms the new index's answer engine after the swap (a second or more):
+    meanwhile it must not hold the old one (it counted the reload as done before letting go of
+    it, and a CI run caught the old index still alive)."""
+    warm = IndexLoader._warm
+    warmed: list[str] = []
+
+    def slow(service: Any) -> None:
+        warmed.append(service.index_id)
+        if len(warmed) > 1:  # the reload's, not the cold start's
+            time.sleep(1.5)
+        warm(service)
+
+    monkeypatch.setattr(IndexLoader, "_warm", staticmethod(slow))
+    test_a_reload_lets_the_old_index_go(s3_uri, ollama, tmp_path)
+
+
 def test_a_cold_start_does_not_retry_what_will_not_pass(
     published: Published, ollama: Ollama, s3_endpoint: str, tmp_path: Path
 ) -> None:
