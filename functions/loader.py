@@ -4,6 +4,11 @@ The HTTP app starts the loader in a background thread so that ``/healthz`` answe
 ``/readyz`` says 503 until the index is ready; the Lambda handler calls ``load`` at init. Either
 way there is one load per process, and a failed load leaves a one-line reason, never a
 half-loaded index.
+
+Over 400 lines because it still holds both paths to a serving index, the cold start and the hot
+reload, and the wiring of embedder and answerer; issue 15's composition root (one module that
+reads the settings and wires store, backend, embedder and answerer) and one load path for both
+take those out.
 """
 
 from __future__ import annotations

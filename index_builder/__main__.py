@@ -2,6 +2,11 @@
 
 Exit status: 0 done; 1 failed (one line on stderr says why); 2 bad usage; 3 a channel moved
 while we worked (a concurrent publisher won the compare-and-swap; nothing was overwritten).
+
+Over 400 lines: it is the one place where the five commands' options, their defaults from the
+settings and their output (the summary table, list's and gc's reports for the store and for
+Elasticsearch) are written, which a user reads as one ``--help``; the work itself is in ``job``,
+``publish`` and ``elastic``.
 """
 
 from __future__ import annotations
