@@ -9,6 +9,8 @@ of the text) and only this is kept:
   ``iframe``, ``noembed``, ``noframes``, ``datalist``, a ``dialog`` that is not ``open``, nor of
   any element with the ``hidden`` attribute or an inline ``display: none``, ``visibility: hidden``
   or ``visibility: collapse``; nor comments, processing instructions and declarations;
+- nor of ``textarea`` and ``xmp``, which a browser does show: a form's default text and
+  legacy preformatted markup are rarely what a question is about;
 - ``aria-hidden`` text and the body of a closed ``details`` are kept: they are on the page.
 
 It is no CSS engine: text hidden by a stylesheet rule, off-screen, transparent or in the page's
