@@ -189,3 +189,17 @@ _S3_ERROR = (
     "<Message>The gate said {code}.</Message></Error>"
 )
 _HOP_HEADERS = {"host", "connection", "transfer-encoding", "content-encoding", "expect"}
+
+
+def kill_when_held(gate: Gate, proc: subprocess.Popen[str]) -> None:
+    """SIGKILL ``proc`` once ``gate`` holds its request: the process dies at exactly that point.
+    The held request is then released and the process's pipes drained."""
+    try:
+        died = proc.poll() is not None and proc.stderr is not None
+        assert gate.held.wait(120), proc.stderr.read() if died and proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        gate.release.set()
+        proc.kill()
+        proc.communicate()

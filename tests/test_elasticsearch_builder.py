@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from index_builder.__main__ import main
 from index_builder.publish import promote
 
 from .conftest import Ollama, write_corpus
-from .servers import Gate, serve
+from .servers import Gate, kill_when_held, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -293,14 +292,7 @@ def test_a_killed_loader_leaves_no_alias_on_a_half_loaded_index(
             env={**os.environ, **builder.env}, cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        try:
-            assert gate.held.wait(120), proc.stderr.read() if proc.poll() is not None else ""
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            gate.release.set()
-            proc.kill()
-            proc.communicate()
+        kill_when_held(gate, proc)
     name = f"{builder.prefix}-{second}"
     assert (builder.channel(), builder.aliased()) == (first, [first])
     assert "blocks" not in builder.es.get(f"/{name}").json()[name]["settings"]["index"]

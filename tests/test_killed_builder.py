@@ -5,7 +5,6 @@ server) holds one exact request, and the process is killed with SIGKILL while it
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -19,7 +18,7 @@ from functions.storage import open_store
 from index_builder.publish import catalog, collect_garbage
 
 from .conftest import Ollama, settings_for, write_corpus
-from .servers import Gate, serve
+from .servers import Gate, kill_when_held, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where to stop the builder: the server the gate stands in front of, and the request it holds.
@@ -70,14 +69,7 @@ def test_a_killed_builder_leaves_the_channel_on_a_complete_index(
             s3=gate_url if server == "s3" else s3_endpoint,
             ollama=gate_url if server == "ollama" else ollama.url,
         )
-        try:
-            assert gate.held.wait(120), proc.stderr.read() if proc.poll() is not None else ""
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            gate.release.set()
-            proc.kill()
-            proc.communicate()
+        kill_when_held(gate, proc)
 
     store = open_store(s3_uri)
     # The channel still names the previous index, whole and verified; a function serves it.
