@@ -9,8 +9,8 @@ _STARTED = time.time()  # before the imports below, so cold-start figures includ
 import sys  # noqa: E402
 import threading  # noqa: E402
 
+from .composition import compose  # noqa: E402
 from .errors import ConfigurationError  # noqa: E402
-from .loader import IndexLoader  # noqa: E402
 from .logs import configure, redact  # noqa: E402
 from .settings import Settings, api_keys  # noqa: E402
 
@@ -30,7 +30,10 @@ def main() -> None:
         sys.exit(f"knative-rag: exiting: {exc.message}")
     # Our own loggers at RAG_LOG_LEVEL; libraries (botocore, httpx) only warn; all redacted.
     configure(settings.log_level, secrets=secrets, log_format=settings.log_format)
-    loader = IndexLoader(settings, started_at=_STARTED)
+    try:
+        loader = compose(settings, started_at=_STARTED)
+    except ConfigurationError as exc:  # the Elasticsearch settings, say
+        sys.exit(f"knative-rag: exiting: {exc.message}")
     loader.start()
     loader.downloading.wait(timeout=5)
 

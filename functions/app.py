@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .composition import compose
 from .edge import Edge
 from .errors import ConfigurationError, DeadlineExceeded, RagError
 from .events import ACCEPTED_MEDIA_TYPES
@@ -77,12 +78,13 @@ class _IndexIdHeader:
 
 def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> FastAPI:
     """Build the query function's app; the index starts loading when the app starts."""
-    loader = loader or IndexLoader(settings)
+    loader = loader or compose(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loader.start()
         yield
+        loader.close()
 
     app = FastAPI(title="knative-rag query function", version="0.1.0", lifespan=lifespan)
     keys, tokens = api_keys(settings), token_verifier(settings)

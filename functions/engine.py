@@ -1,4 +1,4 @@
-"""Answer mode through LlamaIndex: the artifact's vector store, our embedder, an Ollama LLM.
+"""Answer mode through LlamaIndex: the index's vector store, our embedder, an Ollama LLM.
 
 What the LLM is shown is ``prompts``'s; this module builds the engines, bounds the LLM's calls
 by the answer's deadline, and translates their failures.
@@ -31,12 +31,11 @@ from llama_index.core.schema import NodeWithScore
 from llama_index.llms.ollama import Ollama
 from pydantic import PrivateAttr
 
+from .backends import Searcher
 from .embeddings import Embedder, ollama_base_url
 from .errors import InvalidRequest, RagError, UpstreamError, UpstreamTimeout
 from .filters import equality_filter
 from .prompts import CitationLabels, check_fits, synthesizer
-from .search import SearchIndex
-from .vector_store import ArtifactVectorStore
 
 __all__ = ["DEFAULT_MAX_TOKENS", "EmbedderAdapter", "LlamaAnswerer", "ollama_llm", "unlabelled"]
 
@@ -198,9 +197,9 @@ class LlamaAnswerer:
     for an answer, two for a chat turn: condense, answer) end by then (``ollama_llm``).
     """
 
-    def __init__(self, index: SearchIndex, embedder: Embedder, llm: LLM) -> None:
+    def __init__(self, index: Searcher, embedder: Embedder, llm: LLM) -> None:
         self._index = VectorStoreIndex.from_vector_store(
-            ArtifactVectorStore(index), embed_model=EmbedderAdapter(embedder)
+            index.vector_store(), embed_model=EmbedderAdapter(embedder)
         )
         self._llm = llm
         self._timeout_s = float(getattr(llm, "request_timeout", 0) or 0)

@@ -27,8 +27,8 @@ from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 from mangum.types import LambdaContext, LambdaEvent
 
 from .app import create_app
+from .composition import compose
 from .edge import pick_request_id
-from .loader import IndexLoader
 from .logs import configure
 from .problems import problem_body
 from .settings import Settings, api_keys
@@ -77,7 +77,7 @@ def _invalid_base64(event: LambdaEvent) -> bool:
 _settings = Settings()
 # Keeps the Lambda runtime's handler (its format is the function's LoggingConfig).
 configure(_settings.log_level, secrets=api_keys(_settings), log_format=_settings.log_format)
-loader = IndexLoader(_settings)
+loader = compose(_settings)
 loader.load()  # at init, once per execution environment; raises with the reason if it cannot
 handler = _Adapter(
     create_app(_settings, loader=loader),

@@ -5,91 +5,52 @@ The HTTP app starts the loader in a background thread so that ``/healthz`` answe
 way there is one load per process, and a failed load leaves a one-line reason, never a
 half-loaded index.
 
-Over 400 lines because it still holds both paths to a serving index, the cold start and the hot
-reload, and the wiring of embedder and answerer; issue 15's composition root (one module that
-reads the settings and wires store, backend, embedder and answerer) and one load path for both
-take those out.
+The loader manages the lifecycle only: one path (``_next``) makes the service for the index the
+configured name names now, at the cold start and at every hot reload; where the vectors live is
+the ``Backend``'s business (``backends``), and what reads the settings and wires backend, embedder
+and answerer together is ``composition``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import shutil
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from .artifact import Manifest
-from .catalog import fetch_artifact, is_index_id, read_manifest, read_pointer
-from .embeddings import Embedder, make_embedder
-from .errors import (
-    ConfigurationError,
-    IndexTooLarge,
-    ModelMismatch,
-    NotReady,
-    RagError,
-)
-from .limits import AnswerLimits
-from .search import SearchIndex
-from .service import Answerer, Observer, QueryService
-from .settings import Settings
-from .storage import Store, open_store
+from .backends import Backend, Searcher
+from .catalog import is_index_id
+from .embeddings import Embedder
+from .errors import IndexTooLarge, ModelMismatch, NotReady, RagError
+from .service import Observer, QueryService
 
-__all__ = ["EmbedderFactory", "IndexLoader", "check_model", "index_budget", "memory_limit"]
+__all__ = [
+    "EmbedderFactory",
+    "IndexLoader",
+    "ServiceFactory",
+    "check_model",
+]
 
 logger = logging.getLogger(__name__)
 
 EmbedderFactory = Callable[[str | None], Embedder]
+# The query service over an opened index: its searcher, its embedder, and whom to tell of each
+# model-server call.
+ServiceFactory = Callable[[Searcher, Embedder, Observer], QueryService]
 
-MiB = 1024 * 1024
-# What the process needs besides the index: Python, numpy, FastAPI, boto3 and, in answer mode,
-# LlamaIndex (measured 428 MB RSS with a 461 MB index mapped, 520 MB in answer mode).
-_PROCESS_OVERHEAD = 384 * MiB
 # Cold-start retries: what may pass by itself (``RagError.transient``: the store or model server
 # briefly unreachable, throttling, 5xx), not what will not (credentials, a missing channel or
 # model, a corrupt index, a wrong model).
 _RETRY_BASE_S = 0.25
 _RETRY_CAP_S = 8.0
-_CGROUP_LIMITS = (
-    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
-    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
-)
-
-
-def memory_limit(paths: tuple[Path, ...] = _CGROUP_LIMITS) -> int | None:
-    """The container's memory limit in bytes, or None where there is none (or no cgroup)."""
-    for path in paths:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        # v2 writes "max" for no limit, v1 a number near 2**63.
-        if text == "max" or not text.isdigit() or int(text) >= 1 << 60:
-            return None
-        return int(text)
-    return None
-
-
-def index_budget(settings: Settings, *, follows_channel: bool, limit: int | None) -> int | None:
-    """The largest index (bytes, all files) this process may load; None for no limit.
-
-    Downloaded indexes live in the cache folder, which on Knative is a memory-backed emptyDir
-    and counts against the container's memory limit; the files are then memory-mapped, so an
-    index costs its size once. A channel-following revision holds two during a hot reload.
-    """
-    if settings.max_index_mb is not None:
-        return settings.max_index_mb * MiB
-    if limit is None:
-        return None
-    return max(limit - _PROCESS_OVERHEAD, 0) // (2 if follows_channel else 1)
 
 
 def check_model(manifest: Manifest, embedder: Embedder, min_cosine: float) -> float:
@@ -114,22 +75,32 @@ def check_model(manifest: Manifest, embedder: Embedder, min_cosine: float) -> fl
 
 
 class IndexLoader:
-    """Holds the one index this process serves, and why it is not ready when it is not."""
+    """Holds the one index this process serves, and why it is not ready when it is not.
+
+    ``name``: the channel to follow, or an index id to pin. The index comes from ``backend``; its
+    embedder from ``embedder_factory`` (given the model: ``embed_model``, else the index's own),
+    checked against the index's probe (``probe_min_cosine``); ``make_service`` makes the service.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        name: str,
+        backend: Backend,
+        embedder_factory: EmbedderFactory,
+        make_service: ServiceFactory,
         *,
-        store: Store | None = None,
-        embedder_factory: EmbedderFactory | None = None,
+        embed_model: str | None = None,
+        probe_min_cosine: float = 0.99,
+        startup_timeout_s: float = 120.0,
+        reload_min_interval_s: float = 1.0,
         started_at: float | None = None,
     ) -> None:
-        self.settings = settings
-        self.follows_channel = not is_index_id(settings.index)
+        self.name = name
+        self.backend = backend
+        self.follows_channel = not is_index_id(name)
         self.started_at = started_at or time.time()
         self.ready_at: float | None = None
         self.attempts = 0  # cold-start load attempts (retries after transient failures)
-        self._store = store
         self.observers: list[Observer] = []  # told of every model-server call (metrics)
         self.reloads: Counter[str] = Counter()  # hot reloads by outcome: succeeded, failed, ...
         # Hot reloads: one at a time, at most one more asked for meanwhile (see request_reload).
@@ -138,43 +109,20 @@ class IndexLoader:
         self._reload_again = False
         self._next_reload_at = 0.0  # time.monotonic() before which no reload starts
         self._refused: str | None = None  # manifest sha256 of the last index refused on reload
-        self._embedder_factory = embedder_factory or self._default_embedder
+        self._embedder_factory = embedder_factory
+        self._make_service = make_service
+        self._embed_model = embed_model
+        self._probe_min_cosine = probe_min_cosine
+        self._startup_timeout_s = startup_timeout_s
+        self._reload_min_interval_s = reload_min_interval_s
         self.state: Literal["idle", "loading", "ready", "failed"] = "idle"
         self.reason: str | None = "index loading has not started"  # for logs: may name hosts
         self.public_reason: str | None = self.reason  # for /readyz and 503s: says no more than why
         self.service: QueryService | None = None
-        # One for the process, shared by the services of successive indexes: the bound on LLM
-        # answers in flight holds across hot reloads, and their model calls end by the
-        # request's deadline.
-        self.answer_limits = AnswerLimits(
-            deadline_s=settings.request_timeout_s, concurrency=settings.llm_max_concurrency
-        )
         self.timings: dict[str, float] = {}
-        self.downloading = threading.Event()  # set once the data files are on their way (or failed)
+        self.downloading = threading.Event()  # set once the index is being opened (or failed)
         self.done = threading.Event()  # set once loading has succeeded or failed
         self._lock = threading.Lock()
-        self.budget = index_budget(
-            settings, follows_channel=self.follows_channel, limit=memory_limit()
-        )
-
-    def check_budget(self, manifest: Manifest) -> None:
-        """Refuse an index whose files would not fit the memory budget, before fetching it."""
-        size = sum(entry.size for entry in manifest.files.values())
-        if self.budget is not None and size > self.budget:
-            raise IndexTooLarge(
-                f"index {manifest.index_id} is {size / MiB:.0f} MiB, more than the memory "
-                f"budget of {self.budget / MiB:.0f} MiB (RAG_MAX_INDEX_MB or the memory limit)"
-            )
-
-    def _default_embedder(self, model: str | None) -> Embedder:
-        settings = self.settings
-        return make_embedder(
-            settings.embed_provider,
-            model,
-            ollama_host=settings.ollama_host,
-            batch_size=settings.embed_batch_size,
-            queries=True,
-        )
 
     def start(self) -> threading.Thread | None:
         """Load in a background thread (once); returns the thread, or None if already started."""
@@ -197,6 +145,10 @@ class IndexLoader:
         if run:
             self._run()
         return self.require()
+
+    def close(self) -> None:
+        """The process stops serving: close the backend's connections."""
+        self.backend.close()
 
     def require(self) -> QueryService:
         """The serving index, or ``NotReady`` with the reason."""
@@ -223,9 +175,10 @@ class IndexLoader:
             # Answer mode's engine is built after readiness: retrieve mode never waits for it.
             threading.Thread(target=self._warm, args=(service,), name="warm", daemon=True).start()
             logger.info(
-                "serving index %s (%d chunks): %s",
+                "serving index %s (%d chunks, %s): %s",
                 service.index_id,
                 len(service.index),
+                self.backend.name,
                 ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
             )
         finally:
@@ -241,14 +194,16 @@ class IndexLoader:
         self.state, self.reason, self.public_reason = state, reason, public or reason
 
     def _load_with_retries(self) -> QueryService:
-        """Load; while the store or the model server fails transiently, retry until the
-        start-up deadline, with exponential backoff and full jitter (so that many cold starts
-        do not retry in step)."""
-        deadline = self.started_at + self.settings.startup_timeout_s
+        """Load; while the store, the search backend or the model server fails transiently,
+        retry until the start-up deadline, with exponential backoff and full jitter (so that
+        many cold starts do not retry in step)."""
+        deadline = self.started_at + self._startup_timeout_s
         while True:
             self.attempts += 1
             try:
-                return self._load()
+                service = self._next(None)
+                assert service is not None  # with nothing serving, there is always a next
+                return service
             except RagError as exc:
                 if not exc.transient:
                     raise
@@ -268,41 +223,54 @@ class IndexLoader:
         except Exception:  # the first answer request will meet and report the same error
             logger.exception("building the answer engine failed")
 
-    def _load(self) -> QueryService:
-        settings = self.settings
-        if not settings.store_uri:
-            raise ConfigurationError("RAG_STORE_URI is not set", public="RAG_STORE_URI is not set")
+    def _next(self, current: QueryService | None) -> QueryService | None:
+        """The service for the index the name names now: the one path of the cold start
+        (``current`` None) and of every reload. None when that is the index ``current`` serves,
+        or one refused before (indexes are immutable: still no).
+
+        The embedding model is checked against the index's probe before the index is opened
+        when the embedder is at hand (a reload with the same model: a refused index costs no
+        download); otherwise the embedder is made while the index opens, and checked after.
+        """
+        timings = self.timings if current is None else {}
         step = time.perf_counter()
-        store = self._store = self._store or open_store(
-            settings.store_uri, download_concurrency=settings.download_concurrency
-        )
-        self.timings["store_client"] = time.perf_counter() - step
-        # LlamaIndex (answer mode) is imported only after readiness, by the warm-up thread:
-        # importing it here would hold the GIL the download threads need between chunks.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder") as pool:
-            step = time.perf_counter()
-            manifest = read_manifest(store, settings.index)
-            self.check_budget(manifest)
-            embedder_future = pool.submit(
-                self._embedder_factory, settings.embed_model or manifest.embedding.model
-            )
-            self.downloading.set()
-            artifact = fetch_artifact(store, manifest, settings.cache_dir)
-            self.timings["fetch_and_verify"] = time.perf_counter() - step
-            step = time.perf_counter()
-            index = SearchIndex(artifact)
-            self.timings["map"] = time.perf_counter() - step
-            embedder = embedder_future.result()
+        located = self.backend.locate(self.name)
+        if current is not None:
+            if located.index_id == current.index_id:
+                self.reloads["unchanged"] += 1
+                return None
+            if located.manifest_sha256 is not None and located.manifest_sha256 == self._refused:
+                self.reloads["skipped_refused"] += 1
+                return None
+        manifest = located.manifest or self.backend.describe(self.name, located)
+        timings["locate"] = time.perf_counter() - step
+        model = self._embed_model or manifest.embedding.model
+        try:
+            self.backend.admit(manifest)
+            embedder = current.embedder if current and current.embedder.model == model else None
+            if embedder is not None:
+                self._check(manifest, embedder, timings)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder") as pool:
+                pending = pool.submit(self._embedder_factory, model) if embedder is None else None
+                self.downloading.set()
+                searcher = self.backend.open(manifest, timings)
+                try:
+                    if pending is not None:
+                        embedder = pending.result()
+                        self._check(manifest, embedder, timings)
+                except BaseException:
+                    self.backend.retire(searcher)
+                    raise
+        except (IndexTooLarge, ModelMismatch):
+            self._refused = located.manifest_sha256
+            raise
+        assert embedder is not None
+        return self._make_service(searcher, embedder, self._observe)
+
+    def _check(self, manifest: Manifest, embedder: Embedder, timings: dict[str, float]) -> None:
         step = time.perf_counter()
-        check_model(manifest, embedder, settings.probe_min_cosine)
-        self.timings["model_check"] = time.perf_counter() - step
-        return QueryService(
-            index,
-            embedder,
-            make_answerer=self._answerer_factory(),
-            observe=self._observe,
-            limits=self.answer_limits,
-        )
+        check_model(manifest, embedder, self._probe_min_cosine)
+        timings["model_check"] = time.perf_counter() - step
 
     def request_reload(self) -> bool:
         """Load the channel's current index in the background and swap it in; False if pinned.
@@ -334,7 +302,7 @@ class IndexLoader:
             time.sleep(max(0.0, self._next_reload_at - time.monotonic()))
             with self._reload_guard:
                 self._reload_phase, self._reload_again = "reading", False
-            self._next_reload_at = time.monotonic() + self.settings.reload_min_interval_s
+            self._next_reload_at = time.monotonic() + self._reload_min_interval_s
             try:
                 self._reload_once()
             finally:  # whatever happened, the next request must find a reload to join or start
@@ -343,32 +311,12 @@ class IndexLoader:
                     self._reload_phase = "waiting" if again else "idle"
 
     def _reload_once(self) -> None:
-        current, store, settings = self.service, self._store, self.settings
-        if current is None or store is None:
+        current = self.service
+        if current is None:
             self.reloads["not_ready"] += 1
             return
         try:
-            pointer = read_pointer(store, settings.index)
-            if pointer.index_id == current.index_id:
-                self.reloads["unchanged"] += 1
-                return
-            if pointer.manifest_sha256 == self._refused:  # indexes are immutable: still no
-                self.reloads["skipped_refused"] += 1
-                return
-            manifest = read_manifest(store, settings.index, pointer=pointer)
-            try:  # both checks need only the manifest: refuse before fetching any data file
-                self.check_budget(manifest)
-                model = settings.embed_model or manifest.embedding.model
-                embedder = (
-                    current.embedder
-                    if model == current.embedder.model
-                    else self._embedder_factory(model)
-                )
-                check_model(manifest, embedder, settings.probe_min_cosine)
-            except (IndexTooLarge, ModelMismatch):
-                self._refused = pointer.manifest_sha256
-                raise
-            index = SearchIndex(fetch_artifact(store, manifest, settings.cache_dir))
+            service = self._next(current)
         except RagError as exc:
             self.reloads["failed"] += 1
             logger.error(
@@ -379,20 +327,11 @@ class IndexLoader:
             self.reloads["failed"] += 1
             logger.exception("reload failed, still serving %s", current.index_id)
             return
-        service = QueryService(
-            index,
-            embedder,
-            make_answerer=self._answerer_factory(),
-            observe=self._observe,
-            limits=self.answer_limits,
-        )
+        if service is None:
+            return
         self.service = service  # one assignment: new requests see the new index, old ones finish
         was = current.index_id
-        current.index.close()
-        # Requests still on the old index keep their mappings; the cache (memory on Knative)
-        # gets the space back once they finish. A local store's files are used in place and
-        # have no copy in the cache.
-        shutil.rmtree(settings.cache_dir / was, ignore_errors=True)
+        self.backend.retire(current.index)
         del current  # this thread must not keep the old index alive while it warms the new one
         self.reloads["succeeded"] += 1
         self._warm(service)
@@ -401,22 +340,3 @@ class IndexLoader:
     def _observe(self, call: str, seconds: float, error: str | None) -> None:
         for observer in self.observers:
             observer(call, seconds, error)
-
-    def _answerer_factory(self) -> Callable[[SearchIndex, Embedder], Answerer] | None:
-        settings = self.settings
-        if settings.llm_provider == "none":
-            return None
-
-        def make(index: SearchIndex, embedder: Embedder) -> Answerer:
-            from .engine import LlamaAnswerer, ollama_llm
-
-            llm = ollama_llm(
-                settings.llm_model,
-                settings.ollama_host,
-                context_window=settings.llm_context_window,
-                timeout_s=settings.llm_timeout_s,
-                max_tokens=settings.llm_max_tokens,
-            )
-            return LlamaAnswerer(index, embedder, llm)
-
-        return make

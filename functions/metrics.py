@@ -40,6 +40,7 @@ _REQUEST_BUCKETS = (
 _PHASES = {
     "imports": "imports",
     "store_client": "store_client",
+    "locate": "locate",
     "fetch_and_verify": "download_and_verify",
     "map": "map",
     "model_check": "model_check",

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .artifact import Artifact, NodeRecord
+from .artifact import Artifact, Manifest, NodeRecord
 from .errors import InvalidRequest
 from .filters import FilterGroup, Filters
 
@@ -82,6 +82,17 @@ class SearchIndex:
     def __len__(self) -> int:
         return len(self.artifact)
 
+    @property
+    def manifest(self) -> Manifest:
+        """The artifact's manifest."""
+        return self.artifact.manifest
+
+    def vector_store(self) -> Any:
+        """This index as a read-only LlamaIndex vector store (imports LlamaIndex)."""
+        from .vector_store import ArtifactVectorStore
+
+        return ArtifactVectorStore(self)
+
     def search(
         self,
         query: npt.ArrayLike,
@@ -90,9 +101,11 @@ class SearchIndex:
         *,
         node_ids: Collection[str] | None = None,
         doc_ids: Collection[str] | None = None,
+        text: str | None = None,
     ) -> list[Hit]:
         """The ``top_k`` rows most similar to ``query`` among those ``where`` admits, best first;
-        only chunks with one of ``node_ids`` and of ``doc_ids`` when given (empty: none)."""
+        only chunks with one of ``node_ids`` and of ``doc_ids`` when given (empty: none).
+        ``text`` (the question) is not used: the search is dense only."""
         exact = np.asarray(query, dtype=np.float64).reshape(-1)
         if exact.shape[0] != self.dim:
             raise InvalidRequest(

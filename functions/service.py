@@ -27,10 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 from .artifact import Manifest
+from .backends import Searcher
 from .embeddings import Embedder
 from .filters import equality_filter
 from .limits import AnswerLimits, releasing
-from .search import Hit, SearchIndex
+from .search import Hit
 
 __all__ = [
     "INTERNAL_METADATA",
@@ -185,14 +186,15 @@ def extractive_answer(
 
 
 class QueryService:
-    """Queries over one loaded index with one embedder; the LLM answerer is built lazily."""
+    """Queries over one opened index (any backend's ``Searcher``) with one embedder; the LLM
+    answerer is built lazily."""
 
     def __init__(
         self,
-        index: SearchIndex,
+        index: Searcher,
         embedder: Embedder,
         *,
-        make_answerer: Callable[[SearchIndex, Embedder], Answerer] | None = None,
+        make_answerer: Callable[[Searcher, Embedder], Answerer] | None = None,
         observe: Observer | None = None,
         limits: AnswerLimits | None = None,
     ) -> None:
@@ -200,7 +202,7 @@ class QueryService:
         self.limits = limits or AnswerLimits()
         self._observe = observe
         self.embedder = embedder
-        self.manifest: Manifest = index.artifact.manifest
+        self.manifest: Manifest = index.manifest
         self.index_id = self.manifest.index_id
         self._make_answerer = make_answerer
         self._answerer: Answerer | None = None
@@ -226,7 +228,9 @@ class QueryService:
 
     def retrieve(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         """The top-k sources, no answer."""
-        hits = self.index.search(self.embed_query(query), top_k, equality_filter(filters))
+        hits = self.index.search(
+            self.embed_query(query), top_k, equality_filter(filters), text=query
+        )
         return QueryResult(None, None, [_source(hit) for hit in hits], self.index_id)
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
@@ -299,7 +303,7 @@ class QueryService:
 
     def _extractive(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         vector = self.embed_query(query)
-        hits = self.index.search(vector, top_k, equality_filter(filters))
+        hits = self.index.search(vector, top_k, equality_filter(filters), text=query)
         text, cited = extractive_answer(vector, hits, self.embedder)
         sources = [_source(hit) for hit in hits]
         return QueryResult(text, "extractive", sources, self.index_id, cited)

@@ -60,6 +60,7 @@ def test_build_publish_start_ready_query(
         body = ready.json()
         assert (body["status"], body["index_id"]) == ("ready", published.index_id)
         assert set(body["timings_s"]) == {
+            "locate",  # the channel's pointer and the manifest (the store client made first)
             "store_client",
             "fetch_and_verify",
             "map",

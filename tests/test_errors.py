@@ -10,8 +10,8 @@ from fastapi import FastAPI
 
 import functions.errors as errors
 from functions.app import create_app
+from functions.composition import compose
 from functions.errors import RagError
-from functions.loader import IndexLoader
 from functions.settings import Settings
 
 from .conftest import Ollama, Published, settings_for
@@ -43,7 +43,7 @@ def _get(app: FastAPI, path: str, *, raise_app_exceptions: bool = True) -> httpx
 
 
 def _app_raising(error: Exception) -> FastAPI:
-    app = create_app(Settings(store_uri=None), loader=IndexLoader(Settings(store_uri=None)))
+    app = create_app(Settings(store_uri=None), loader=compose(Settings(store_uri=None)))
 
     @app.get("/boom")
     def boom() -> None:

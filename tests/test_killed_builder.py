@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from functions.catalog import fetch_artifact, read_manifest
-from functions.loader import IndexLoader
+from functions.composition import compose
 from functions.storage import open_store
 from index_builder.publish import catalog, collect_garbage
 
@@ -75,7 +75,7 @@ def test_a_killed_builder_leaves_the_channel_on_a_complete_index(
     # The channel still names the previous index, whole and verified; a function serves it.
     assert read_manifest(store, "stable").index_id == previous
     fetch_artifact(store, read_manifest(store, "stable"), tmp_path / "verify")
-    loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path, llm_provider="none"))
+    loader = compose(settings_for(s3_uri, ollama, tmp_path, llm_provider="none"))
     assert loader.load().index_id == previous
 
     indexes, _ = catalog(store)

@@ -14,8 +14,9 @@ import pytest
 from botocore.config import Config
 
 from functions.artifact import DATA_FILES
+from functions.composition import MiB, compose, index_budget, memory_limit
 from functions.embeddings import OllamaEmbedder
-from functions.loader import IndexLoader, MiB, index_budget, memory_limit
+from functions.loader import IndexLoader
 from functions.s3 import S3Store
 from functions.settings import Settings
 from functions.storage import Fetched, Store, Versioned, open_store
@@ -61,8 +62,8 @@ def test_a_cold_start_refuses_an_index_over_budget_before_fetching_it(
     size = sum(entry.size for entry in published.artifact.manifest.files.values())
     assert size < MiB  # so that any budget refuses it only when set below it
     settings = settings_for(published.store_uri, ollama, tmp_path, llm_provider="none")
-    loader = IndexLoader(settings)
-    loader.budget = size - 1
+    loader = compose(settings)
+    loader.backend.budget = size - 1
     loader.start()
     assert loader.done.wait(30)
     assert loader.state == "failed"
@@ -73,16 +74,16 @@ def test_a_cold_start_refuses_an_index_over_budget_before_fetching_it(
     assert not (tmp_path / "cache" / published.index_id).exists()
     assert ollama.double.embedded == []  # not even the model check ran
 
-    loader = IndexLoader(settings)
-    loader.budget = size
+    loader = compose(settings)
+    loader.backend.budget = size
     loader.start()
     assert loader.done.wait(30)
     assert loader.state == "ready", loader.reason
 
 
 def test_max_index_mb_sets_the_budget(published: Published, ollama: Ollama, tmp_path: Path) -> None:
-    loader = IndexLoader(settings_for(published.store_uri, ollama, tmp_path, max_index_mb=3))
-    assert loader.budget == 3 * MiB
+    loader = compose(settings_for(published.store_uri, ollama, tmp_path, max_index_mb=3))
+    assert loader.backend.budget == 3 * MiB
     assert loader.load().index_id == published.index_id
 
 
@@ -91,9 +92,9 @@ def test_a_reload_over_budget_keeps_the_old_index(
 ) -> None:
     source = write_corpus(tmp_path / "docs", documents=2)
     first = build_index(s3_uri, ollama, source).index_id
-    loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path, llm_provider="none"))
+    loader = compose(settings_for(s3_uri, ollama, tmp_path, llm_provider="none"))
     service = loader.load()
-    loader.budget = sum(entry.size for entry in service.index.artifact.manifest.files.values())
+    loader.backend.budget = sum(entry.size for entry in service.manifest.files.values())
 
     (source / "more.md").write_text("# More\n\nA further document about lakes.\n")
     second = build_index(s3_uri, ollama, source).index_id
@@ -114,7 +115,7 @@ def test_a_cold_start_retries_a_failing_store_with_backoff(
     gate = Gate(s3_endpoint, refuse=6)
     with serve(gate) as url:
         store = store_behind(published.store_uri, url)
-        loader = IndexLoader(
+        loader = compose(
             settings_for(published.store_uri, ollama, tmp_path, llm_provider="none"), store=store
         )
         loader.start()
@@ -132,7 +133,7 @@ def test_a_cold_start_gives_up_at_the_startup_deadline(
         settings = settings_for(
             published.store_uri, ollama, tmp_path, llm_provider="none", startup_timeout_s=4
         )
-        loader = IndexLoader(settings, store=store)
+        loader = compose(settings, store=store)
         loader.start()
         assert loader.done.wait(4 + 30)  # the deadline, plus one request's worth of retries
     assert loader.state == "failed"
@@ -158,7 +159,7 @@ def store_behind(store_uri: str, endpoint: str, botocore_attempts: int | None = 
 def test_a_reload_lets_the_old_index_go(s3_uri: str, ollama: Ollama, tmp_path: Path) -> None:
     source = write_corpus(tmp_path / "docs", documents=2)
     build_index(s3_uri, ollama, source)
-    loader = IndexLoader(settings_for(s3_uri, ollama, tmp_path))  # answer mode: an LLM engine
+    loader = compose(settings_for(s3_uri, ollama, tmp_path))  # answer mode: an LLM engine
     old = loader.load()
     old.warm()  # the LlamaIndex engine, which holds the service's embedder
     old.retrieve("rivers", 2, {})
@@ -203,7 +204,7 @@ def test_a_cold_start_does_not_retry_what_will_not_pass(
     gate = Gate(s3_endpoint, refuse=10**9, refusal=(403, "AccessDenied"))
     with serve(gate) as url:
         settings = settings_for(published.store_uri, ollama, tmp_path, llm_provider="none")
-        loader = IndexLoader(settings, store=store_behind(published.store_uri, url))
+        loader = compose(settings, store=store_behind(published.store_uri, url))
         loader.start()
         assert loader.done.wait(30)
     assert (loader.state, loader.attempts, gate.refused) == ("failed", 1, 1)
@@ -214,7 +215,7 @@ def test_a_cold_start_does_not_retry_what_will_not_pass(
     missing = settings_for(
         published.store_uri, ollama, tmp_path, llm_provider="none", embed_model="no-such-model"
     )
-    loader = IndexLoader(missing)
+    loader = compose(missing)
     loader.start()
     assert loader.done.wait(30)
     assert (loader.state, loader.attempts) == ("failed", 1)
@@ -270,7 +271,7 @@ def test_an_index_of_another_model_is_refused_before_download_and_remembered(
         embed_model="nomic-embed-text",  # this revision's model, whatever the index says
         reload_min_interval_s=0,
     )
-    loader = IndexLoader(settings, store=store)
+    loader = compose(settings, store=store)
     first = loader.load().index_id
     other = run_build(
         open_store(s3_uri), str(source), OllamaEmbedder("other-embed", ollama.url),
@@ -310,7 +311,7 @@ def test_a_burst_of_reload_requests_costs_at_most_two_reloads(
     settings = settings_for(
         s3_uri, ollama, tmp_path, llm_provider="none", reload_min_interval_s=1.5
     )
-    loader = IndexLoader(settings, store=store)
+    loader = compose(settings, store=store)
     loader.load()
     store.clear()
     for n in range(100):

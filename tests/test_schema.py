@@ -27,7 +27,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
 from functions.app import create_app
-from functions.loader import IndexLoader
+from functions.composition import compose
 from functions.settings import Settings
 
 from .conftest import Ollama, Published, function_env, settings_for
@@ -132,7 +132,7 @@ def app(
     configured = settings_for(
         published.store_uri, _ollama_server, tmp_path_factory.mktemp("schema"), llm_provider="none"
     )
-    loader = IndexLoader(configured)
+    loader = compose(configured)
     loader.load()
     return create_app(configured, loader=loader)
 
@@ -231,7 +231,7 @@ def test_every_endpoint_documents_examples(app: FastAPI) -> None:
 
 def test_security_is_declared_only_where_a_key_is_required(tmp_path: Path) -> None:
     settings = Settings(store_uri=None, api_keys=KEY, cache_dir=tmp_path)
-    app = create_app(settings, loader=IndexLoader(settings))
+    app = create_app(settings, loader=compose(settings))
     document = TestClient(app).get("/openapi.json", headers={"X-API-Key": KEY}).json()
     security = {
         f"{method.upper()} {path}": operation.get("security")
@@ -325,7 +325,7 @@ def test_the_guards_and_the_edge_answer_as_documented(
     status: int,
 ) -> None:
     settings = Settings(store_uri=None, api_keys=KEY, max_body_bytes=1024, cache_dir=tmp_path)
-    loader = IndexLoader(settings)  # never loaded: 503 where an index is needed
+    loader = compose(settings)  # never loaded: 503 where an index is needed
     if status == 500:
 
         def broken() -> None:

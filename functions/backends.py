@@ -1,0 +1,176 @@
+"""Where the vectors live: the seam between the loader and the index a process serves.
+
+A ``Backend`` turns the configured name (a channel or a pinned index id) into the index it names
+now (``locate``), tells what that index is (``describe``: its manifest, whose probe the embedding
+model is checked against), refuses what this process cannot serve (``admit``) and opens it for
+search (``open``). What it opens is a ``Searcher``: top-k search with the filters module's
+``FilterGroup`` for retrieve mode, and a LlamaIndex vector store for the query and chat engines.
+Nothing above this seam knows which backend serves.
+
+- ``ArtifactBackend``: the index artifact, downloaded from the object store, verified and
+  memory-mapped; exact search (``search``). For a corpus one replica can hold.
+- ``functions.elastic.ElasticsearchBackend``: the index loaded into Elasticsearch by the builder;
+  nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .artifact import Manifest
+from .catalog import Pointer, fetch_artifact, is_index_id, read_manifest, read_pointer
+from .errors import ConfigurationError, IndexTooLarge
+from .filters import FilterGroup
+from .search import Hit, SearchIndex
+from .storage import Store
+
+__all__ = ["ArtifactBackend", "Backend", "Located", "Searcher"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Located:
+    """The index a name names now: its id and, where known, its manifest's sha256 (an index's
+    identity: indexes are immutable) and its manifest (when locating read it already)."""
+
+    index_id: str
+    manifest_sha256: str | None = None
+    manifest: Manifest | None = None
+    pointer: Any = None  # the backend's own note of where it found the index
+
+
+class Searcher(Protocol):
+    """One opened index."""
+
+    @property
+    def manifest(self) -> Manifest:
+        """What the index is: id, model, counts, probe."""
+
+    def __len__(self) -> int:
+        """Chunks in the index."""
+
+    def search(
+        self,
+        query: npt.NDArray[np.float32],
+        top_k: int,
+        where: FilterGroup | None = None,
+        *,
+        text: str | None = None,
+    ) -> list[Hit]:
+        """The ``top_k`` chunks most similar to ``query`` among those ``where`` admits, best
+        first, scored by cosine similarity (``text``: the question, for hybrid retrieval)."""
+
+    def vector_store(self) -> Any:
+        """The index as a LlamaIndex vector store (imports LlamaIndex)."""
+
+    def close(self) -> None:
+        """Stop serving: searches already started finish."""
+
+
+class Backend(Protocol):
+    """Resolves names to indexes and opens them."""
+
+    name: str
+
+    def locate(self, name: str) -> Located:
+        """The index ``name`` (a channel or an index id) names now."""
+
+    def describe(self, name: str, located: Located) -> Manifest:
+        """The located index's manifest."""
+
+    def admit(self, manifest: Manifest) -> None:
+        """Refuse (a ``RagError``) an index this process must not open, before opening it."""
+
+    def open(self, manifest: Manifest, timings: dict[str, float]) -> Searcher:
+        """Open the index for search, noting its phases' seconds in ``timings``."""
+
+    def retire(self, searcher: Searcher) -> None:
+        """The searcher no longer serves: close it and give back what it held."""
+
+    def close(self) -> None:
+        """The process stops serving: close connections."""
+
+
+class ArtifactBackend:
+    """Index artifacts from the object store, downloaded into ``cache_dir`` and mapped.
+
+    ``budget``: the largest index (bytes, all its files) this process may hold; None for none.
+    """
+
+    name = "artifact"
+
+    def __init__(
+        self, store: Callable[[], Store], cache_dir: Path, *, budget: int | None = None
+    ) -> None:
+        self._open_store = store
+        self._store: Store | None = None
+        self._store_client_s = 0.0
+        self.cache_dir = cache_dir
+        self.budget = budget
+
+    @property
+    def store(self) -> Store:
+        """The object store, its client made on first use (a cold-start phase)."""
+        if self._store is None:
+            step = time.perf_counter()
+            self._store = self._open_store()
+            self._store_client_s = time.perf_counter() - step
+        return self._store
+
+    def locate(self, name: str) -> Located:
+        """A pinned id names itself; a channel, the index its pointer names."""
+        if is_index_id(name):
+            return Located(name)
+        pointer = read_pointer(self.store, name)
+        return Located(pointer.index_id, pointer.manifest_sha256, pointer=pointer)
+
+    def describe(self, name: str, located: Located) -> Manifest:
+        """The manifest, checked against the channel's pointer (its sha256)."""
+        pointer = located.pointer if isinstance(located.pointer, Pointer) else None
+        return read_manifest(self.store, name, pointer=pointer)
+
+    def admit(self, manifest: Manifest) -> None:
+        """Refuse an index whose files would not fit the memory budget."""
+        size = sum(entry.size for entry in manifest.files.values())
+        if self.budget is not None and size > self.budget:
+            raise IndexTooLarge(
+                f"index {manifest.index_id} is {size / MiB:.0f} MiB, more than the memory "
+                f"budget of {self.budget / MiB:.0f} MiB (RAG_MAX_INDEX_MB or the memory limit)"
+            )
+
+    def open(self, manifest: Manifest, timings: dict[str, float]) -> SearchIndex:
+        """Download (or open in place) and verify every file, then map them."""
+        timings["store_client"] = self._store_client_s
+        step = time.perf_counter()
+        artifact = fetch_artifact(self.store, manifest, self.cache_dir)
+        timings["fetch_and_verify"] = time.perf_counter() - step
+        step = time.perf_counter()
+        index = SearchIndex(artifact)
+        timings["map"] = time.perf_counter() - step
+        return index
+
+    def retire(self, searcher: Searcher) -> None:
+        """Stop the index's search thread; free its downloaded files in the cache (memory on
+        Knative). Requests still on it keep their mappings until they finish. A local store's
+        files are used in place and have no copy in the cache."""
+        searcher.close()
+        shutil.rmtree(self.cache_dir / searcher.manifest.index_id, ignore_errors=True)
+
+    def close(self) -> None:
+        """Nothing to close: the store's client needs none."""
+
+
+def require_store_uri(store_uri: str | None) -> str:
+    """The store URI, or the configuration error that says it is missing."""
+    if not store_uri:
+        raise ConfigurationError("RAG_STORE_URI is not set", public="RAG_STORE_URI is not set")
+    return store_uri
