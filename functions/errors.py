@@ -26,6 +26,9 @@ used, with ``raise ... from exc``.
     │   ├── UnsupportedFormat      500  a manifest of a format version this build cannot read
     │   └── IndexTooLarge          500  the index would not fit the memory budget (RAG_MAX_INDEX_MB)
     ├── ModelMismatch              500  the configured embedding model differs from the index's
+    ├── ElasticsearchError         502  Elasticsearch failed or refused an operation
+    │   └── ElasticsearchUnavailable 503  unreachable, overloaded (429, 5xx), an index gone
+    │       └── ElasticsearchTimeout 504  Elasticsearch did not answer in time
     └── UpstreamError              503  the embedding model or LLM server failed (Retry-After)
         └── UpstreamTimeout        504  the embedding model or LLM server did not answer in time
 """
@@ -37,6 +40,9 @@ __all__ = [
     "ConfigurationError",
     "ContextTooLong",
     "DeadlineExceeded",
+    "ElasticsearchError",
+    "ElasticsearchTimeout",
+    "ElasticsearchUnavailable",
     "IndexTooLarge",
     "IntegrityError",
     "InvalidEvent",
@@ -212,6 +218,28 @@ class ModelMismatch(RagError):
 
     title = "Embedding model mismatch"
     exposed = True  # names index ids, artifact files and models: nothing internal
+
+
+class ElasticsearchError(RagError):
+    """Elasticsearch failed or refused an operation: credentials, a mapping, a load, a query."""
+
+    status = 502
+    title = "Elasticsearch error"
+
+
+class ElasticsearchUnavailable(ElasticsearchError):
+    """Elasticsearch is unreachable or overloaded, or the index went away; retry shortly."""
+
+    status = 503
+    title = "Elasticsearch unavailable"
+    transient = True
+
+
+class ElasticsearchTimeout(ElasticsearchUnavailable):
+    """Elasticsearch did not answer within RAG_ELASTICSEARCH_TIMEOUT_S."""
+
+    status = 504
+    title = "Elasticsearch timed out"
 
 
 class UpstreamError(RagError):

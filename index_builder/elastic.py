@@ -15,7 +15,6 @@ failures is ``ElasticsearchError``.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -26,36 +25,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from elastic_transport import ConnectionTimeout, SerializationError, TransportError
+from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch, NotFoundError
 from elasticsearch.helpers import BulkIndexError, streaming_bulk
 
 from functions.artifact import Artifact, Manifest
 from functions.catalog import channel_key, index_key, is_index_id
-from functions.errors import ConfigurationError, RagError
+from functions.errors import ConfigurationError, ElasticsearchError
+from functions.es_client import client_options, explained, reason
 from functions.logs import redact
 
 from .elastic_layout import document, index_body
 from .progress import Phase, Progress
 
-__all__ = ["Cluster", "ElasticsearchError", "LoadedIndex"]
+__all__ = ["Cluster", "ElasticsearchError", "LoadedIndex"]  # the error: functions.errors
 
 logger = logging.getLogger(__name__)
 
 _BULK_DOCS = 250
 _BULK_BYTES = 8 * 1024 * 1024  # a 768-dim chunk is about 17 KB of JSON: 250 are 4 MiB
 _SENDERS = 2
-
-
-class ElasticsearchError(RagError):
-    """Elasticsearch failed or refused an operation: unreachable, credentials, a mapping, a load.
-
-    Kept beside its only user until the query function reads Elasticsearch too; then it belongs
-    in ``functions.errors``.
-    """
-
-    status = 502
-    title = "Elasticsearch error"
 
 
 @dataclass(frozen=True)
@@ -95,19 +84,9 @@ class Cluster:
             timeout_s,
             bulk_docs,
         )
-        auth: dict[str, Any] = {}
-        if api_key and (username or password):
-            raise ConfigurationError(
-                "Elasticsearch: set an API key or a username and password, not both"
-            )
-        if api_key:
-            auth["api_key"] = api_key
-        elif username or password:
-            if not (username and password):
-                raise ConfigurationError("Elasticsearch: a username and a password go together")
-            auth["basic_auth"] = (username, password)
-        if ca_file is not None:
-            auth["ca_certs"] = str(ca_file)
+        auth = client_options(
+            api_key=api_key, username=username, password=password, ca_file=ca_file
+        )
         try:
             # Never info() or ping(): they call GET /, which some clusters do not serve.
             self._client = Elasticsearch(
@@ -336,47 +315,11 @@ class Cluster:
     def _errors(self, doing: str) -> Iterator[None]:
         """Elasticsearch's and its transport's exceptions as one-line ``ElasticsearchError``s."""
         try:
-            yield
+            with explained(self.url, doing, self.timeout_s):
+                yield
         except BulkIndexError as exc:
             [(action, item)] = exc.errors[0].items()
             raise ElasticsearchError(
                 f"Elasticsearch refused chunk {item.get('_id')!r} ({action}) while trying to "
-                f"{doing}: {_reason(item.get('error'))} ({len(exc.errors)} refused in one request)"
+                f"{doing}: {reason(item.get('error'))} ({len(exc.errors)} refused in one request)"
             ) from exc
-        except ApiError as exc:
-            status, reason = exc.meta.status, _reason(exc.body)
-            if status == 401:
-                message = (
-                    f"{self.url} refused the credentials (401) while trying to {doing}: set "
-                    "RAG_ELASTICSEARCH_API_KEY, or RAG_ELASTICSEARCH_USERNAME and _PASSWORD"
-                )
-            elif status == 403:
-                message = f"the credentials may not {doing} at {self.url} (403: {reason})"
-            else:
-                message = f"{self.url} could not {doing}: {status} {reason}"
-            raise ElasticsearchError(message) from exc
-        except ConnectionTimeout as exc:
-            raise ElasticsearchError(
-                f"{self.url} did not answer within {self.timeout_s:g} s while trying to {doing}"
-            ) from exc
-        except SerializationError as exc:
-            raise ElasticsearchError(
-                f"{self.url} did not answer as Elasticsearch does while trying to {doing}"
-            ) from exc
-        except TransportError as exc:  # refused, unresolvable, TLS
-            said = re.search(
-                r"\[Errno -?\d+\][^)'\"]*|certificate verify failed[^)'\"]*", exc.message
-            )
-            reason = said.group(0) if said else type(exc).__name__
-            raise ElasticsearchError(
-                f"{self.url} is unreachable ({reason}) while trying to {doing}"
-            ) from exc
-
-
-def _reason(body: Any) -> str:
-    """The root cause Elasticsearch gave in an error body."""
-    error = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(error, dict):
-        causes = error.get("root_cause") or [error]
-        return str(causes[0].get("reason") or causes[0].get("type") or error)
-    return str(error)

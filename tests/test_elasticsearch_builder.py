@@ -356,11 +356,14 @@ def test_an_elasticsearch_failure_is_one_line_and_moves_no_channel(
         }[command]
         status, out, err = builder.cli("--elasticsearch", url, *args)
     assert (status, out, err.count("\n")) == (1, "", 1), err
-    said = {
-        "unreachable": "is unreachable ([Errno 111] Connection refused) while trying to read",
-        "401": "refused the credentials (401) while trying to read",
+    title, said = {
+        "unreachable": (
+            "Elasticsearch unavailable",
+            "is unreachable ([Errno 111] Connection refused) while trying to read",
+        ),
+        "401": ("Elasticsearch error", "refused the credentials (401) while trying to read"),
     }[failure]
-    assert err.startswith("error: Elasticsearch error: http://[REDACTED]@127.0.0.1:")
+    assert err.startswith(f"error: {title}: http://[REDACTED]@127.0.0.1:")
     assert said in err
     assert "hunter" not in err
     assert builder.channel() == first  # loading comes before the compare-and-swap
