@@ -43,6 +43,7 @@ __all__ = [
     "Condition",
     "FilterGroup",
     "Filters",
+    "as_llamaindex_sees",
     "equality_filter",
     "matches",
 ]
@@ -215,7 +216,7 @@ class Filters:
         """A key's distinct values as LlamaIndex sees them, worked out once per key."""
         seen = self._seen_values.get(key)
         if seen is None:
-            seen = self._seen_values[key] = [_as_llamaindex_sees(value) for value in values]
+            seen = self._seen_values[key] = [as_llamaindex_sees(value) for value in values]
         return seen
 
     def _document_column(self) -> tuple[list[str], npt.NDArray[np.int32]]:
@@ -246,16 +247,16 @@ def _verdicts(op: str, wanted: Any, values: list[Any]) -> tuple[list[bool], dict
     return verdicts, failures
 
 
-def _as_llamaindex_sees(value: Any) -> Any:
+def as_llamaindex_sees(value: Any) -> Any:
     """A metadata value as LlamaIndex's JSON-mode dump leaves it: non-finite floats are null."""
     if type(value) is str:
         return value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
-        return [_as_llamaindex_sees(item) for item in value]
+        return [as_llamaindex_sees(item) for item in value]
     if isinstance(value, dict):
-        return {key: _as_llamaindex_sees(item) for key, item in value.items()}
+        return {key: as_llamaindex_sees(item) for key, item in value.items()}
     return value
 
 

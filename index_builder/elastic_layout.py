@@ -5,6 +5,9 @@ id, ``content`` its text, ``embedding`` its vector, ``metadata`` from ``node_to_
 the node's own metadata flat, plus ``_node_content``, ``_node_type``, ``doc_id``, ``document_id``
 and ``ref_doc_id``), so that store reads them back as the artifact store returns them. The mapping
 is explicit and strict: nothing is ever mapped from the first document that happens to arrive.
+Each metadata key is mapped from its facts (``functions.es_filters.metadata_facts``: the type and
+shape of every value it takes), which ``_meta.metadata`` keeps, so that filters are translated
+from what the mapping was made of; a format 1 index has none (its columns kept scalars only).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from llama_index.core.schema import MetadataMode, NodeRelationship, RelatedNodeI
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from functions.artifact import Manifest, NodeRecord
+from functions.es_filters import field_mapping, metadata_facts
 
 __all__ = ["HNSW", "document", "index_body"]
 
@@ -25,8 +29,6 @@ __all__ = ["HNSW", "document", "index_body"]
 # (docs/elasticsearch-test-server.md). m and ef_construction are Elasticsearch's defaults, spelled
 # out so that a change of default never changes an index silently.
 HNSW = {"type": "hnsw", "m": 16, "ef_construction": 100}
-_KEYWORD = {"type": "keyword", "fields": {"keyword": {"type": "keyword"}}}
-_UNINDEXED = {"type": "object", "enabled": False}  # kept in _source, never searched
 # What node_to_metadata_dict adds to a node's metadata; the node's JSON is read back, not searched.
 _NODE_FIELDS = {
     "_node_content": {"type": "keyword", "index": False, "doc_values": False},
@@ -35,7 +37,6 @@ _NODE_FIELDS = {
     "document_id": {"type": "keyword"},
     "ref_doc_id": {"type": "keyword"},
 }
-_LONG = range(-(2**63), 2**63)
 
 
 def index_body(
@@ -48,7 +49,8 @@ def index_body(
     # refuses any vector that is not unit-length instead of serving it wrongly. Query vectors
     # must be unit-length too (the function's embedders normalise).
     similarity = "dot_product" if manifest.embedding.normalized else "cosine"
-    metadata = {key: _field(values) for key, values in columns.items()}
+    facts = metadata_facts(columns)
+    metadata = {key: field_mapping(fact) for key, fact in facts.items()}
     mappings = {
         "dynamic": "strict",  # a field nobody mapped is an error, never a guess
         "_meta": {
@@ -61,6 +63,7 @@ def index_body(
             "counts": manifest.counts.model_dump(),
             "probe": manifest.probe.model_dump(),
             "manifest_sha256": manifest_sha256,
+            "metadata": facts if manifest.format_version >= 2 else None,
         },
         "properties": {
             "content": {"type": "text"},
@@ -100,30 +103,3 @@ def document(index: str, record: NodeRecord, vector: npt.NDArray[np.float32]) ->
         "metadata": node_to_metadata_dict(node, remove_text=True),
         "embedding": vector.tolist(),
     }
-
-
-def _field(values: list[Any]) -> dict[str, Any]:
-    """A metadata key's mapping from every value it takes: one type for all of them, so nothing
-    is coerced (a 1.5 into a long, a date-like string into a date); a key of mixed types is kept
-    in _source but not searched."""
-    items = (item for value in values for item in (value if isinstance(value, list) else [value]))
-    kinds = {_kind(item) for item in items} - {"null"}
-    if kinds == {"keyword"}:
-        return _KEYWORD  # exact filters at metadata.<key>, and at .keyword where LlamaIndex looks
-    if kinds in ({"boolean"}, {"long"}):
-        return {"type": kinds.pop()}
-    if kinds and kinds <= {"long", "double"}:
-        return {"type": "double"}
-    return _UNINDEXED
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "long" if value in _LONG else "other"
-    if isinstance(value, float):
-        return "double"
-    return "keyword" if isinstance(value, str) else "other"

@@ -127,6 +127,7 @@ def test_load_creates_the_explicit_mapping_and_a_second_load_changes_nothing(
     assert [metadata[key] for key in ("source", "file_name", "file_type")] == [keyword] * 3
     assert metadata["ref_doc_id"] == {"type": "keyword"}
     stored = (Path(builder.store) / "indexes" / index_id / "manifest.json").read_bytes()
+    string = {"type": "keyword", "shape": "scalar", "empty_list": False, "folds_to_ascii": False}
     assert mappings["_meta"] == {
         "index_id": index_id,
         "format_version": manifest.format_version,
@@ -137,6 +138,8 @@ def test_load_creates_the_explicit_mapping_and_a_second_load_changes_nothing(
         "counts": manifest.counts.model_dump(),
         "probe": manifest.probe.model_dump(),
         "manifest_sha256": hashlib.sha256(stored).hexdigest(),
+        # what functions.es_filters translates filters from: each key's type and shape
+        "metadata": {key: string for key in ("file_name", "file_type", "source")},
     }
     assert (settings["number_of_replicas"], settings["blocks"]) == ("0", {"write": "true"})
     assert "refresh_interval" not in settings  # restored to the default after the load
