@@ -1,7 +1,7 @@
 """The composition root: the one place that reads the settings and wires the query function.
 
 ``compose(settings)`` makes the loader of a process: the backend where the vectors live
-(the artifact from the object store), the embedder of the
+(``RAG_BACKEND``: the artifact from the object store, or Elasticsearch), the embedder of the
 index's model, and the query service with its LLM answerer and the process's bound on answers in
 flight. Everything below takes plain arguments; the entrypoints (``python -m functions``, the
 ASGI app, the Lambda handler) call this and nothing else to get an index.
@@ -15,6 +15,7 @@ from pathlib import Path
 from .backends import ArtifactBackend, Backend, Searcher, require_store_uri
 from .catalog import is_index_id
 from .embeddings import Embedder, make_embedder
+from .errors import ConfigurationError
 from .limits import AnswerLimits
 from .loader import EmbedderFactory, IndexLoader
 from .service import Answerer, Observer, QueryService
@@ -69,7 +70,17 @@ def compose(
 
 
 def make_backend(settings: Settings, *, store: Store | None = None) -> Backend:
-    """The backend the settings name, configured."""
+    """The backend ``RAG_BACKEND`` names, configured."""
+    if settings.backend == "elasticsearch":
+        from .elastic import ElasticsearchBackend
+
+        return ElasticsearchBackend.from_settings(settings)
+
+    if settings.retrieval == "hybrid":
+        raise ConfigurationError(
+            "RAG_RETRIEVAL=hybrid needs RAG_BACKEND=elasticsearch: an artifact holds no text "
+            "index to match words on"
+        )
 
     def open_configured() -> Store:
         if store is not None:

@@ -7,7 +7,7 @@ so it is never stale; what happens per request is counted as it happens:
     knative_rag_requests_total{route, method, status}            counter
     knative_rag_request_duration_seconds{route, method}          histogram
     knative_rag_requests_in_flight                               gauge
-    knative_rag_upstream_duration_seconds{call}                  histogram  call: embed | llm
+    knative_rag_upstream_duration_seconds{call}                  histogram  embed | search | llm
     knative_rag_upstream_errors_total{call, error}               counter
     knative_rag_cold_start_seconds{phase}                        gauge
     knative_rag_index_info{index_id, revision, embed_model, ...} gauge, 1 while serving
@@ -73,14 +73,16 @@ class Metrics:
         )
         self.upstream = Histogram(
             "knative_rag_upstream_duration_seconds",
-            "Calls to the model server: query embeddings (embed) and answers (llm).",
+            "Calls to the model server: query embeddings (embed) and answers (llm); and the "
+            "searches of retrieve mode and extractive answers (search: in memory for an "
+            "artifact, a request for Elasticsearch).",
             ["call"],
             buckets=_REQUEST_BUCKETS,
             registry=self.registry,
         )
         self.upstream_errors = Counter(
             "knative_rag_upstream_errors",
-            "Failed calls to the model server, by call and error.",
+            "Failed calls to the model server (and searches), by call and error.",
             ["call", "error"],
             registry=self.registry,
         )

@@ -228,9 +228,9 @@ class QueryService:
 
     def retrieve(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         """The top-k sources, no answer."""
-        hits = self.index.search(
-            self.embed_query(query), top_k, equality_filter(filters), text=query
-        )
+        vector = self.embed_query(query)
+        with self.timed("search"):
+            hits = self.index.search(vector, top_k, equality_filter(filters), text=query)
         return QueryResult(None, None, [_source(hit) for hit in hits], self.index_id)
 
     def answer(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
@@ -303,7 +303,8 @@ class QueryService:
 
     def _extractive(self, query: str, top_k: int, filters: dict[str, Any]) -> QueryResult:
         vector = self.embed_query(query)
-        hits = self.index.search(vector, top_k, equality_filter(filters), text=query)
+        with self.timed("search"):
+            hits = self.index.search(vector, top_k, equality_filter(filters), text=query)
         text, cited = extractive_answer(vector, hits, self.embedder)
         sources = [_source(hit) for hit in hits]
         return QueryResult(text, "extractive", sources, self.index_id, cited)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,3 +203,72 @@ def kill_when_held(gate: Gate, proc: subprocess.Popen[str]) -> None:
         gate.release.set()
         proc.kill()
         proc.communicate()
+
+
+class Proxy:
+    """A TCP proxy on an ephemeral loopback port in front of ``target`` (host:port) that a test
+    can break: ``open`` forwards, ``refuse`` closes each connection at once (a server that is
+    down), ``hang`` accepts and never answers (a server that is stuck). Changing the mode drops
+    every connection already open, as a restarting server would."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.mode = "open"
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def set(self, mode: str) -> None:
+        with self._lock:
+            self.mode = mode
+            dropped, self._open = self._open, set()
+        for sock in dropped:
+            _close(sock)
+
+    def close(self) -> None:
+        self.set("refuse")
+        _close(self._listener)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                mode = self.mode
+                if mode != "refuse":
+                    self._open.add(client)
+            if mode == "refuse":
+                _close(client)
+            elif mode == "open":
+                try:
+                    upstream = socket.create_connection(self._target, timeout=5)
+                except OSError:
+                    _close(client)
+                    continue
+                upstream.settimeout(None)
+                with self._lock:
+                    self._open.add(upstream)
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(source)
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

@@ -27,6 +27,7 @@ from functions.catalog import read_channel, read_manifest
 from functions.storage import open_store
 
 from .conftest import Ollama, build_index, write_corpus
+from .loaded_elasticsearch import Loaded, loaded_fixture  # noqa: F401 - the fixture
 from .servers import strict_container
 from .test_supply_chain import locked
 
@@ -287,3 +288,28 @@ def test_unreachable_store_exits_non_zero_within_the_deadline(image: str, ollama
     assert done.stderr.strip().splitlines()[-1] == (
         "knative-rag: exiting: index not ready after 5 s (index is loading)"
     )
+
+
+def test_function_serves_from_elasticsearch_in_the_image(image: str, loaded: Loaded) -> None:
+    """RAG_BACKEND=elasticsearch in the image under the strictest runtime: its dependencies
+    (LlamaIndex's ElasticsearchStore, the async client) are there, and it reads no store."""
+    name, port = f"rag-es-{uuid.uuid4().hex[:8]}", _free_port()
+    env = {
+        "RAG_BACKEND": "elasticsearch",
+        "RAG_ELASTICSEARCH_URL": loaded.url,
+        "RAG_ELASTICSEARCH_INDEX_PREFIX": loaded.prefix,
+        "OLLAMA_HOST": loaded.ollama.url,
+        "RAG_LLM_PROVIDER": "none",
+    }
+    subprocess.run([*RUN, "-d", *_strict(name, port, env), image], check=True, capture_output=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert _readiness(client)[-1] == 200
+            response = client.post("/query", json={"query": "rivers", "mode": "retrieve"})
+            assert response.status_code == 200, response.text
+            assert response.headers["x-index-id"] == loaded.index_id
+            assert len(response.json()["sources"]) == 5
+    finally:
+        logs = subprocess.run([ENGINE, "logs", name], capture_output=True, text=True, check=False)
+        subprocess.run([ENGINE, "rm", "-f", name], capture_output=True, check=False)
+    assert "serving index" in logs.stdout + logs.stderr
