@@ -6,6 +6,8 @@ at its end."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -171,3 +173,38 @@ def test_hybrid_retrieval_adds_bm25_to_knn(loaded: Loaded) -> None:
     hybrid_loader.close()
     dense_loader.close()
     assert json.dumps([s.score for s in by_words.sources])  # plain floats
+
+
+_RETRIEVE_ALONE = """
+import sys
+from functions.composition import compose
+from functions.settings import Settings
+loader = compose(Settings(llm_provider="none"))
+service = loader.load()
+sources = service.retrieve("rivers", 3, {}).sources
+loader.close()
+imported = {name.split(".")[0] for name in sys.modules}
+print(len(sources), sorted(imported & {"llama_index", "nest_asyncio"}))
+"""
+
+
+def test_retrieve_mode_does_not_import_llamaindex(loaded: Loaded) -> None:
+    """The cold start and retrieve mode talk to Elasticsearch without LlamaIndex (over a second
+    of imports); answer mode imports it after readiness."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RAG_BACKEND": "elasticsearch",
+        "RAG_ELASTICSEARCH_URL": loaded.url,
+        "RAG_ELASTICSEARCH_INDEX_PREFIX": loaded.prefix,
+        "OLLAMA_HOST": loaded.ollama.url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _RETRIEVE_ALONE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "3 []"

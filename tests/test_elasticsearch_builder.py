@@ -122,6 +122,7 @@ def test_load_creates_the_explicit_mapping_and_a_second_load_changes_nothing(
         "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100},
     }
     assert mappings["properties"]["content"] == {"type": "text"}
+    assert mappings["_source"] == {"excludes": ["embedding"]}  # searched, never read back
     metadata = mappings["properties"]["metadata"]["properties"]
     keyword = {"type": "keyword", "fields": {"keyword": {"type": "keyword"}}}
     assert [metadata[key] for key in ("source", "file_name", "file_type")] == [keyword] * 3
