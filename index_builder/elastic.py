@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 _BULK_DOCS = 250
 _BULK_BYTES = 8 * 1024 * 1024  # a 768-dim chunk is about 17 KB of JSON: 250 are 4 MiB
 _SENDERS = 2
-_MERGE_TIMEOUT_S = 3600.0  # a force merge answers when it is done: minutes for a large index
 
 
 @dataclass(frozen=True)
@@ -293,13 +292,6 @@ class Cluster:
             raise ElasticsearchError(
                 f"{name} holds {docs} documents after its load, the manifest says "
                 f"{manifest.counts.chunks}: it is deleted"
-            )
-        # One segment: a kNN search walks one HNSW graph per segment, with num_candidates in
-        # each; the bulk load leaves dozens (34 at 100k x 768). Merged, searches are faster and
-        # find more of the exact top k (bench/backends.py). The index is never written again.
-        with self._errors(f"merge {name} into one segment"):
-            self._client.options(request_timeout=_MERGE_TIMEOUT_S).indices.forcemerge(
-                index=name, max_num_segments=1
             )
         with self._errors(f"finish {name}"):
             self._client.indices.put_settings(index=name, settings={"index.blocks.write": True})

@@ -123,8 +123,6 @@ def test_load_creates_the_explicit_mapping_and_a_second_load_changes_nothing(
     }
     assert mappings["properties"]["content"] == {"type": "text"}
     assert mappings["_source"] == {"excludes": ["embedding"]}  # searched, never read back
-    segments = builder.es.get(f"/{name}/_stats/segments").json()["_all"]["primaries"]
-    assert segments["segments"]["count"] == 1  # merged: one HNSW graph per search
     metadata = mappings["properties"]["metadata"]["properties"]
     keyword = {"type": "keyword", "fields": {"keyword": {"type": "keyword"}}}
     assert [metadata[key] for key in ("source", "file_name", "file_type")] == [keyword] * 3
