@@ -35,6 +35,7 @@ from functions.storage import open_store  # noqa: E402
 
 WORK = ROOT / "bench" / ".work"
 BUCKET = "bench-knative-rag"
+_BACKEND_COLORS = {"artifact": "C0", "elasticsearch": "black"}  # C0: the retrieve-mode line
 
 
 def _machine() -> str:
@@ -167,7 +168,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     sizes = sorted(int(s) for s in results["sizes"])
     entries = [results["sizes"][str(s)] for s in sizes]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    backends = results.get("backends")  # bench/backends.py: one size, both backends
+    if backends:
+        fig, (ax, side) = plt.subplots(
+            1, 2, figsize=(11, 4.8), dpi=120, gridspec_kw={"width_ratios": [2.3, 1]}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for mode, style in (("retrieve", "o-"), ("answer", "s-")):
         ax.plot(
             sizes,
@@ -195,6 +202,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
             "d--",
             label="LlamaIndex rebuild from documents at start",
         )
+    if backends:
+        for name, style in (("artifact", "o"), ("elasticsearch", "P")):
+            ax.plot(
+                [backends["size"]],
+                [backends[name]["cold_start"]["retrieve"]["median"]["total_s"]],
+                style,
+                color=_BACKEND_COLORS[name],
+                markersize=9,
+                markerfacecolor="none",
+                label=f"{name} backend, retrieve mode (bench/backends.py)",
+            )
+        _backends_panel(side, backends)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"chunks ({results['dim']}-d vectors)")
@@ -205,6 +224,26 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.text(0.01, 0.01, results["machine"][:110], fontsize=6, alpha=0.7)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _backends_panel(ax: Any, backends: dict[str, Any]) -> None:
+    """Retrieve latency by concurrency, artifact against Elasticsearch, at one index size."""
+    levels = sorted(int(key[1:]) for key in backends["artifact"]["query_load"] if key[1:].isdigit())
+    for offset, name in ((-0.2, "artifact"), (0.2, "elasticsearch")):
+        load = backends[name]["query_load"]
+        ax.bar(
+            [i + offset for i in range(len(levels))],
+            [load[f"c{c}"]["p50_ms"] for c in levels],
+            width=0.4,
+            color=_BACKEND_COLORS[name],
+            label=f"{name} backend",
+        )
+    ax.set_xticks(range(len(levels)), [f"c={c}" for c in levels])
+    ax.set_yscale("log")
+    ax.set_ylabel("retrieve p50 over HTTP (ms)")
+    ax.set_title(f"Warm, {backends['size'] // 1000}k chunks", fontsize=11)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def main() -> None:
