@@ -63,7 +63,14 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument(
+        "--candidates",
+        default=",".join(map(str, CANDIDATES)),
+        help="comma-separated num_candidates to measure (at most 10000)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "elasticsearch_recall.json")
     args = parser.parse_args()
+    candidates_measured = [int(n) for n in args.candidates.split(",")]
     url, started = _server()
     cluster = Cluster(url, prefix=f"bench{os.getpid()}", replicas=0)
     try:
@@ -84,7 +91,7 @@ def main() -> None:
             client = cluster._client  # the builder's own client: it never calls GET /
             name = cluster.index_name(index_id)
             figures = {}
-            for candidates in CANDIDATES:
+            for candidates in candidates_measured:
                 recalls, times = [], []
                 for query, expected in zip(queries, truth, strict=True):
                     started_at = time.perf_counter()
@@ -130,9 +137,8 @@ def main() -> None:
             f"  num_candidates {candidates:>5}: recall@10 {figure['recall_at_10']:.3f}, "
             f"p50 {figure['p50_ms']:.1f} ms"
         )
-    out = ROOT / "bench" / "elasticsearch_recall.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {out.relative_to(ROOT)}")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":
