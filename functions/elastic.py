@@ -10,32 +10,28 @@ the ``_meta``'s probe as for an artifact, and an index whose load did not finish
 block, fewer documents than the manifest's chunks) is never served.
 
 Searches go through the Elasticsearch client's ``AsyncVectorStore`` (the one LlamaIndex's
-``ElasticsearchStore`` wraps) with one request shape (``Knn``): retrieve mode calls it directly,
-without importing LlamaIndex at the cold start; answer mode and chat run LlamaIndex's standard
-query and chat engines on ``ElasticsearchStore`` (``elastic_store.ServingStore``), which makes the
-same requests and answers as the artifact's store does (cosine similarities, the artifact's
-filters). The async client lives on one event loop in a thread of its own: every caller (request
-threads, the engines) submits to that loop and waits at most the request timeout; a search that
-runs past it is cancelled and is a 504, an unreachable or overloaded cluster a 503, both with
-Retry-After. LlamaIndex's store applies ``nest_asyncio`` to the loop it is made on: it is made on
-that loop, never on the server's.
+``ElasticsearchStore`` wraps) with one request shape (``elastic_search.Knn``): retrieve mode calls
+it directly, without importing LlamaIndex at the cold start; answer mode and chat run LlamaIndex's
+standard query and chat engines on ``ElasticsearchStore`` (``elastic_store.ServingStore``), which
+makes the same requests and answers as the artifact's store does (cosine similarities, the
+artifact's filters). The async client lives on one event loop in a thread of its own: every
+caller (request threads, the engines) submits to that loop and waits at most the request
+timeout; a search that runs past it is cancelled and is a 504, an unreachable or overloaded
+cluster a 503, both with Retry-After. LlamaIndex's store applies ``nest_asyncio`` to the loop it
+is made on: it is made on that loop, never on the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
-from .artifact import Manifest, NodeRecord
+from .artifact import Manifest
 from .backends import Located
 from .catalog import channel_key, index_key, is_index_id
 from .errors import (
@@ -43,28 +39,24 @@ from .errors import (
     ElasticsearchError,
     ElasticsearchTimeout,
     ElasticsearchUnavailable,
-    InvalidRequest,
     ObjectNotFound,
 )
 from .es_client import client_options, explained
-from .es_filters import es_filter
-from .filters import FilterGroup
 from .logs import redact
-from .search import Hit
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch
 
+    from .elastic_search import ElasticsearchSearcher
     from .settings import Settings
 
-__all__ = ["ElasticsearchBackend", "ElasticsearchSearcher", "Knn", "vector_store"]
+__all__ = ["SLACK_S", "ElasticsearchBackend"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SLACK_S = 1.0  # beyond the client's own timeout, before a caller stops waiting
-TEXT, VECTOR = "content", "embedding"  # index_builder.elastic_layout's fields
+SLACK_S = 1.0  # beyond the client's own timeout, before a caller stops waiting
 _MANIFEST_FIELDS = (
     "format_version",
     "index_id",
@@ -198,7 +190,7 @@ class ElasticsearchBackend:
         loop, _ = self._started()
         try:
             with explained(self.url, doing, self.timeout_s):
-                return loop.run(work, self.timeout_s + _SLACK_S)
+                return loop.run(work, self.timeout_s + SLACK_S)
         except TimeoutError as exc:
             raise ElasticsearchTimeout(
                 f"{self.url} did not answer within {self.timeout_s:g} s while trying to {doing}"
@@ -263,6 +255,8 @@ class ElasticsearchBackend:
             )
         facts = self._facts.pop(manifest.index_id, None)
         timings["check_index"] = time.perf_counter() - step
+        from .elastic_search import ElasticsearchSearcher
+
         return ElasticsearchSearcher(self, index, manifest, facts)
 
     def retire(self, searcher: Any) -> None:
@@ -281,175 +275,3 @@ class ElasticsearchBackend:
             logger.debug("closing the Elasticsearch client failed", exc_info=True)
         finally:
             loop.close()
-
-
-class Knn:
-    """One index's kNN searches as both paths make them (``ElasticsearchSearcher.search`` and
-    LlamaIndex's store, ``elastic_store``): the request, and the similarity of a hit."""
-
-    def __init__(
-        self,
-        facts: dict[str, dict[str, Any]] | None,
-        dim: int,
-        *,
-        num_candidates: int = 1000,
-        hybrid: bool = False,
-    ) -> None:
-        self.facts, self.dim = facts, dim
-        self.num_candidates, self.hybrid = num_candidates, hybrid
-
-    def request(
-        self,
-        vector: Any,
-        top_k: int,
-        where: FilterGroup | None,
-        *,
-        text: str | None = None,
-        node_ids: Collection[str] | None = None,
-        doc_ids: Collection[str] | None = None,
-    ) -> dict[str, Any]:
-        """The arguments of ``AsyncVectorStore.search``; refuses what the artifact's search
-        refuses (a wrong dimension, a zero or non-finite vector, a top k below 1) and the
-        filters ``es_filters`` cannot translate exactly."""
-        exact = np.asarray(vector, dtype=np.float64).reshape(-1)
-        if exact.shape[0] != self.dim:
-            raise InvalidRequest(
-                f"query vector has {exact.shape[0]} dimensions, the index {self.dim}"
-            )
-        norm = float(np.linalg.norm(exact)) if np.isfinite(exact).all() else np.inf
-        if not 0 < norm < np.inf:
-            raise InvalidRequest(
-                "the query vector is zero or not finite: its cosine similarity is undefined"
-            )
-        if isinstance(top_k, bool) or top_k < 1:
-            raise InvalidRequest(f"top_k must be at least 1, not {top_k!r}")
-        if self.hybrid and not text:
-            raise InvalidRequest("hybrid retrieval needs the question's text")
-        clauses = es_filter(where, self.facts, node_ids=node_ids, doc_ids=doc_ids)
-        return {
-            "query": text if self.hybrid else None,
-            # dot_product needs unit-length query vectors; the cosine is the same at any length
-            "query_vector": (exact / norm).astype(np.float32).tolist(),
-            "k": top_k,
-            "num_candidates": max(self.num_candidates, top_k),
-            "filter": clauses,
-        }
-
-    def similarity(self, score: float) -> float:
-        """A dense hit's cosine: Elasticsearch scores dot_product and cosine as (1 + cos) / 2.
-        Hybrid scores (kNN plus BM25) are Elasticsearch's own."""
-        return float(score) if self.hybrid else 2.0 * float(score) - 1.0
-
-
-def vector_store(client: Any, index: str, hybrid: bool) -> Any:
-    """The Elasticsearch client's ``AsyncVectorStore`` on a loaded index, the one LlamaIndex's
-    ``ElasticsearchStore`` wraps: dense kNN, or hybrid with a BM25 match in the same search (no
-    RRF: the basic licence lacks it)."""
-    from elasticsearch.helpers.vectorstore import (
-        AsyncDenseVectorStrategy,
-        AsyncVectorStore,
-        DistanceMetric,
-    )
-
-    strategy = AsyncDenseVectorStrategy(
-        distance=DistanceMetric.DOT_PRODUCT, hybrid=hybrid, rrf=False, text_field=TEXT
-    )
-    return AsyncVectorStore(
-        client, index=index, retrieval_strategy=strategy, text_field=TEXT, vector_field=VECTOR
-    )
-
-
-class ElasticsearchSearcher:
-    """One index in Elasticsearch. Retrieve mode searches with the client's ``AsyncVectorStore``
-    and no LlamaIndex (so the cold start does not import it); answer mode and chat get
-    LlamaIndex's ``ElasticsearchStore`` over the same searches (``vector_store``), made on first
-    use, after readiness."""
-
-    def __init__(
-        self,
-        backend: ElasticsearchBackend,
-        index: str,
-        manifest: Manifest,
-        facts: dict[str, dict[str, Any]] | None,
-    ) -> None:
-        self._backend = backend
-        self._manifest = manifest
-        self.index = index
-        self.knn = Knn(
-            facts,
-            manifest.embedding.dim,
-            num_candidates=backend.num_candidates,
-            hybrid=backend.hybrid,
-        )
-        _, self._client = backend._started()
-        self._vectors = vector_store(self._client, index, backend.hybrid)
-        self._store: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def manifest(self) -> Manifest:
-        """The index's manifest, from its ``_meta``."""
-        return self._manifest
-
-    def __len__(self) -> int:
-        return self._manifest.counts.chunks
-
-    def search(
-        self,
-        query: npt.NDArray[np.float32],
-        top_k: int,
-        where: FilterGroup | None = None,
-        *,
-        text: str | None = None,
-        node_ids: Collection[str] | None = None,
-        doc_ids: Collection[str] | None = None,
-    ) -> list[Hit]:
-        """Top k by kNN (and BM25 on ``text`` with hybrid retrieval), filtered by ``where``."""
-        request = self.knn.request(
-            query, top_k, where, text=text, node_ids=node_ids, doc_ids=doc_ids
-        )
-        hits = self.searched(self._vectors.search(**request))
-        return [Hit(-1, self.knn.similarity(hit["_score"]), _record(hit)) for hit in hits]
-
-    def searched(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run a search on the backend's loop; an index deleted meanwhile is 503."""
-        from elasticsearch import NotFoundError
-
-        try:
-            return self._backend.call(work, f"search {self.index}")
-        except ElasticsearchError as exc:
-            if isinstance(exc.__cause__, NotFoundError):  # deleted under a serving function
-                raise ElasticsearchUnavailable(
-                    f"{self.index} is gone from Elasticsearch: {exc.message}",
-                    public="the index is gone from Elasticsearch",
-                ) from exc
-            raise
-
-    def vector_store(self) -> Any:
-        """LlamaIndex's ``ElasticsearchStore`` on this index (imports LlamaIndex)."""
-        with self._lock:
-            if self._store is None:
-                from .elastic_store import ServingStore
-
-                async def make() -> Any:  # on the loop: nest_asyncio patches this loop only
-                    return ServingStore(self.index, self._client, searcher=self)
-
-                self._store = self._backend._started()[0].run(
-                    make(), self._backend.timeout_s + _SLACK_S
-                )
-            return self._store
-
-    def close(self) -> None:
-        """Searches already started finish; the client is the backend's, shared."""
-
-
-def _record(hit: dict[str, Any]) -> NodeRecord:
-    """A hit as the artifact's record: the node LlamaIndex's ``node_to_metadata_dict`` stored
-    as JSON in ``_node_content`` (its own metadata: the flat copy beside it has the node fields
-    written over any user key of the same name), and the text from ``content``."""
-    source = hit["_source"]
-    node = json.loads(source["metadata"]["_node_content"])
-    parent = (node.get("relationships") or {}).get("1") or {}
-    return NodeRecord(
-        str(hit["_id"]), parent.get("node_id") or "", source[TEXT], node.get("metadata") or {}
-    )

@@ -32,7 +32,7 @@ from llama_index.vector_stores.elasticsearch import ElasticsearchStore
 from llama_index.vector_stores.elasticsearch.utils import convert_es_hit_to_node
 from pydantic import PrivateAttr
 
-from .elastic import TEXT, VECTOR, ElasticsearchSearcher, vector_store
+from .elastic_search import TEXT, VECTOR, ElasticsearchSearcher, vector_store
 from .errors import InvalidRequest
 from .filters import FilterGroup
 from .vector_store import translate_filters

@@ -43,7 +43,7 @@ from .artifact import Artifact, Manifest, NodeRecord
 from .errors import InvalidRequest
 from .filters import FilterGroup, Filters
 
-__all__ = ["Hit", "SearchIndex"]
+__all__ = ["Hit", "SearchIndex", "checked_query"]
 
 _MAX_BATCH = 64
 _PARSED_TIES = 256  # more rows tied than this: rank them with the cached id list
@@ -54,9 +54,29 @@ _UNIT_ROUNDOFF = 2.0**-24  # float32
 _GATHER_BELOW = 0.1
 
 
+def checked_query(
+    query: npt.ArrayLike, dim: int, top_k: int
+) -> tuple[npt.NDArray[np.float64], float]:
+    """The query vector in float64 and its norm; refuses what has no meaning for any backend: a
+    vector of another dimension than the index's, a zero or non-finite one (its cosine is
+    undefined), a top k below 1."""
+    exact = np.asarray(query, dtype=np.float64).reshape(-1)
+    if exact.shape[0] != dim:
+        raise InvalidRequest(f"query vector has {exact.shape[0]} dimensions, the index {dim}")
+    norm = float(np.linalg.norm(exact)) if np.isfinite(exact).all() else np.inf
+    if not 0 < norm < np.inf:
+        raise InvalidRequest(
+            "the query vector is zero or not finite: its cosine similarity is undefined"
+        )
+    if isinstance(top_k, bool) or top_k < 1:
+        raise InvalidRequest(f"top_k must be at least 1, not {top_k!r}")
+    return exact, norm
+
+
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the chunk's row, its cosine similarity and its record."""
+    """One search result: the chunk's row (-1 where the backend has no rows: Elasticsearch), its
+    cosine similarity and its record."""
 
     row: int
     score: float
@@ -106,18 +126,7 @@ class SearchIndex:
         """The ``top_k`` rows most similar to ``query`` among those ``where`` admits, best first;
         only chunks with one of ``node_ids`` and of ``doc_ids`` when given (empty: none).
         ``text`` (the question) is not used: the search is dense only."""
-        exact = np.asarray(query, dtype=np.float64).reshape(-1)
-        if exact.shape[0] != self.dim:
-            raise InvalidRequest(
-                f"query vector has {exact.shape[0]} dimensions, the index {self.dim}"
-            )
-        norm = float(np.linalg.norm(exact)) if np.isfinite(exact).all() else np.inf
-        if not 0 < norm < np.inf:
-            raise InvalidRequest(
-                "the query vector is zero or not finite: its cosine similarity is undefined"
-            )
-        if isinstance(top_k, bool) or top_k < 1:
-            raise InvalidRequest(f"top_k must be at least 1, not {top_k!r}")
+        exact, norm = checked_query(query, self.dim, top_k)
         scope = self.filters.scope(node_ids, doc_ids)
         admitted = self.filters.mask(where, scope) if where is not None else None
         if scope is not None:
