@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import corpus as synthetic  # noqa: E402
-from bench.elasticsearch_recall import SCRIPT, _server  # noqa: E402
-from bench.load import _percentiles, drive  # noqa: E402
-from bench.run import _machine, _median_runs, chart  # noqa: E402
+from bench.elasticsearch_recall import SCRIPT, elasticsearch_server  # noqa: E402
+from bench.load import drive, percentiles  # noqa: E402
+from bench.run import chart, machine, median_runs  # noqa: E402
 from bench.services import (  # noqa: E402
     free_port,
     moto_server,
@@ -139,7 +139,7 @@ def warm(env: dict[str, str], bodies: list[bytes]) -> dict[str, Any]:
                 "requests": total,
                 "errors": errors,
                 "rps": total / wall,
-                **_percentiles(latencies),
+                **percentiles(latencies),
             }
         figures["memory_after_load"] = _memory_mb(pid)
         figures["top10"] = [
@@ -236,8 +236,8 @@ def measure(
             figures[name]["runs"].append(cold_start(env, first))
     for name, env in envs.items():
         runs = figures[name].pop("runs")
-        median = _median_runs(runs)
-        median["timings_s"] = _median_runs([run["timings_s"] for run in runs])
+        median = median_runs(runs)
+        median["timings_s"] = median_runs([run["timings_s"] for run in runs])
         figures[name]["cold_start"] = {"retrieve": {"median": median, "runs": runs}}
         print(f"  warm {name}: {len(PLAN)} load runs ...", flush=True)
         figures[name]["query_load"] = warm(env, bodies)
@@ -301,7 +301,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     record: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": machine(),
         "command": " ".join(["python", "bench/backends.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "store": "moto's S3 server over loopback HTTP, RAG_DOWNLOAD_CONCURRENCY=1 (bench/run.py)",
@@ -314,7 +314,7 @@ def main() -> None:
         "repeat": args.repeat,
         "load_average_at_start": _load_average(),
     }
-    url, started = _server()
+    url, started = elasticsearch_server()
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     cluster = Cluster(url, prefix=prefix, replicas=0)
     try:

@@ -47,7 +47,7 @@ CANDIDATES = (100, 200, 500, 1000, 2000)
 SCRIPT = [sys.executable, str(ROOT / "scripts" / "elasticsearch.py")]
 
 
-def _server() -> tuple[str, bool]:
+def elasticsearch_server() -> tuple[str, bool]:
     """The URL of an Elasticsearch, and whether this script started it."""
     if url := os.environ.get("RAG_TEST_ES_URL"):
         return url, False
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "elasticsearch_recall.json")
     args = parser.parse_args()
     candidates_measured = [int(n) for n in args.candidates.split(",")]
-    url, started = _server()
+    url, started = elasticsearch_server()
     cluster = Cluster(url, prefix=f"bench{os.getpid()}", replicas=0)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-es-") as tmp:

@@ -20,7 +20,7 @@ from functions.storage import open_store
 WORK = Path(__file__).resolve().parent / ".work"
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"p50_ms": pick(0.50) * 1000, "p95_ms": pick(0.95) * 1000, "p99_ms": pick(0.99) * 1000}
@@ -116,7 +116,7 @@ def query_load(
         for concurrency, total in plan:
             latencies, errors, wall = drive(port, bodies, concurrency, total)
             figures = {"requests": total, "errors": errors, "rps": total / wall}
-            results[f"c{concurrency}"] = figures = {**figures, **_percentiles(latencies)}
+            results[f"c{concurrency}"] = figures = {**figures, **percentiles(latencies)}
             print(
                 f"  retrieve c={concurrency:<3} {figures['rps']:7.1f} req/s  "
                 f"p50 {figures['p50_ms']:.1f} ms  p95 {figures['p95_ms']:.1f} ms  "

@@ -38,7 +38,7 @@ BUCKET = "bench-knative-rag"
 _BACKEND_COLORS = {"artifact": "C0", "elasticsearch": "black"}  # C0: the retrieve-mode line
 
 
-def _machine() -> str:
+def machine() -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -155,7 +155,7 @@ def baseline(
     return {"persisted": result, "seed": seed}
 
 
-def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
     return {k: statistics.median(run[k] for run in runs) for k in keys}
 
@@ -262,7 +262,7 @@ def main() -> None:
     WORK.mkdir(parents=True)
     began = time.perf_counter()
     results: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": machine(),
         "store": "moto's S3 server over loopback HTTP (not S3: no network, ~1 GB/s per GET)",
         "llm_and_embeddings": "Ollama double over loopback HTTP, instant answers",
         "download": "RAG_DOWNLOAD_CONCURRENCY=1: one streaming GET per file, 4 files at once",
@@ -292,7 +292,7 @@ def main() -> None:
             entry["cold_start"] = {}
             for mode in ("retrieve", "answer"):
                 runs = [cold_start(function_env, mode, query, WORK) for _ in range(args.repeat)]
-                entry["cold_start"][mode] = {"median": _median_runs(runs), "runs": runs}
+                entry["cold_start"][mode] = {"median": median_runs(runs), "runs": runs}
             median = entry["cold_start"]["retrieve"]["median"]
             entry["load_s"] = median["download_and_verify_s"] + median["map_s"]
             entry["read_files_s"] = read_files_s(store_uri, entry["index_id"])
