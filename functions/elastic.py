@@ -41,7 +41,7 @@ from .errors import (
     ElasticsearchUnavailable,
     ObjectNotFound,
 )
-from .es_client import client_options, explained
+from .es_client import client_options, credentials, explained
 from .logs import redact
 
 if TYPE_CHECKING:
@@ -134,14 +134,9 @@ class ElasticsearchBackend:
                 "RAG_BACKEND=elasticsearch needs RAG_ELASTICSEARCH_URL",
                 public="RAG_ELASTICSEARCH_URL is not set",
             )
-        secret = settings.elasticsearch_api_key
-        password = settings.elasticsearch_password
         return cls(
             settings.elasticsearch_url,
-            api_key=secret.get_secret_value() if secret else None,
-            username=settings.elasticsearch_username,
-            password=password.get_secret_value() if password else None,
-            ca_file=settings.elasticsearch_ca_file,
+            **credentials(settings),
             prefix=settings.elasticsearch_index_prefix,
             timeout_s=settings.elasticsearch_timeout_s,
             num_candidates=settings.elasticsearch_num_candidates,
@@ -150,10 +145,7 @@ class ElasticsearchBackend:
 
     def _target(self, name: str) -> str:
         """The Elasticsearch name for a pinned index id or a channel's alias."""
-        if is_index_id(name):
-            index_key(name)
-            return f"{self.prefix}-{name}"
-        channel_key(name)  # refuses what is no channel name
+        (index_key if is_index_id(name) else channel_key)(name)  # refuses any other name
         return f"{self.prefix}-{name}"
 
     def _started(self) -> tuple[_Loop, AsyncElasticsearch]:
@@ -229,7 +221,7 @@ class ElasticsearchBackend:
             {**{field: meta[field] for field in _MANIFEST_FIELDS if field in meta}, "files": {}}
         )
         self._facts[index_id] = meta.get("metadata")  # what open() translates filters with
-        return Located(index_id, meta.get("manifest_sha256"), manifest, pointer=index)
+        return Located(index_id, meta.get("manifest_sha256"), manifest)
 
     def describe(self, name: str, located: Located) -> Manifest:
         """The manifest ``locate`` read from ``_meta``."""

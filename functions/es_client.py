@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elastic_transport import ConnectionTimeout, SerializationError, TransportError
 from elasticsearch import ApiError
@@ -26,7 +26,21 @@ from .errors import (
     ElasticsearchUnavailable,
 )
 
-__all__ = ["client_options", "explained", "reason"]
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["client_options", "credentials", "explained", "reason"]
+
+
+def credentials(settings: Settings) -> dict[str, Any]:
+    """The ``RAG_ELASTICSEARCH_*`` credentials and CA bundle, as ``client_options`` takes them."""
+    api_key, password = settings.elasticsearch_api_key, settings.elasticsearch_password
+    return {
+        "api_key": api_key.get_secret_value() if api_key else None,
+        "username": settings.elasticsearch_username,
+        "password": password.get_secret_value() if password else None,
+        "ca_file": settings.elasticsearch_ca_file,
+    }
 
 
 def client_options(

@@ -184,15 +184,13 @@ def _cluster(args: argparse.Namespace, settings: Settings) -> Cluster | None:
     """The Elasticsearch that ``--elasticsearch`` names, with the credentials of the settings."""
     if not args.elasticsearch:
         return None
+    from functions.es_client import credentials
+
     from .elastic import Cluster  # its client only where it is used (0.4 s to import)
 
-    api_key, password = settings.elasticsearch_api_key, settings.elasticsearch_password
     return Cluster(
         args.elasticsearch,
-        api_key=api_key.get_secret_value() if api_key else None,
-        username=settings.elasticsearch_username,
-        password=password.get_secret_value() if password else None,
-        ca_file=settings.elasticsearch_ca_file,
+        **credentials(settings),
         prefix=settings.elasticsearch_index_prefix,
         replicas=settings.elasticsearch_replicas,
         timeout_s=settings.elasticsearch_timeout_s,
