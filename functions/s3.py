@@ -253,6 +253,19 @@ class S3Store:
             raise IntegrityError(f"{key} is {'/'.join(sorted(totals))} bytes, not {size}")
         return Fetched(tmp, sum(n for _, n in parts), [digest for digest, _ in parts])
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object: one ranged GET."""
+        if end <= start:
+            return b""
+        with self._translated(key):
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}"
+            )
+            data = response["Body"].read()
+        if len(data) != end - start:
+            raise IntegrityError(f"{key}: {len(data)} bytes at {start}, asked for {end - start}")
+        return data
+
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List objects under the prefix (all pages)."""
         strip = len(self._key(""))

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from .errors import ConfigurationError, ObjectNotFound, StoreError, WriteConflict
+from .errors import (
+    ConfigurationError,
+    IntegrityError,
+    ObjectNotFound,
+    StoreError,
+    WriteConflict,
+)
 
 __all__ = [
     "Fetched",
@@ -90,6 +96,9 @@ class Store(Protocol):
 
     def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
         """Make ``key`` (expected to be ``size`` bytes) a local file, hashed per block."""
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object; ``IntegrityError`` if it is shorter than ``end``."""
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """List the objects whose key starts with ``prefix``."""
@@ -223,6 +232,22 @@ class LocalStore:
             return Fetched(path, path.stat().st_size, block_hashes(path, block_size))
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file, read where they lie."""
+        if end <= start:
+            return b""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"{self.uri}/{key} does not exist") from exc
+        try:
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        if len(data) != end - start:
+            raise IntegrityError(f"{key} is shorter than {end} bytes")
+        return data
 
     def check(self, *, write: bool = False) -> None:
         """The folder exists and is readable; to write, it is created if absent and writable."""
