@@ -11,6 +11,8 @@ An index lives under ``indexes/<index_id>/`` in the store and never changes once
     columns.i32        int32 little-endian, (keys, chunks): index into the key's values, -1 when
                        the chunk has no such key (format 1: no such key, or a value it did not keep)
     hashes.bin         16 bytes a chunk: blake2b of (model, embedded text), for reuse
+    ivf.head, ivf.parts  optional (indexes of ``ivf.MIN_ROWS`` chunks and more): the partition
+                       index a cold function answers from by ranged reads (``ivf``)
     manifest.json      written last; for every file above its size, sha256 and the sha256 of each
                        8 MiB block (so blocks fetched in parallel are checked as they land); the
                        embedding model, and a probe (a fixed text and its vector) that proves the
@@ -39,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import ivf
 from .errors import IntegrityError, UnsupportedFormat
 from .storage import block_hashes
 
@@ -47,6 +50,7 @@ __all__ = [
     "DATA_FILES",
     "FORMAT_VERSION",
     "MANIFEST",
+    "OPTIONAL_FILES",
     "PROBE_TEXT",
     "READABLE_VERSIONS",
     "Artifact",
@@ -74,6 +78,9 @@ DATA_FILES = (
     "columns.i32",
     "hashes.bin",
 )
+# Files a reader may do without: old readers ignore them, a reader that knows them uses them
+# where the manifest lists them.
+OPTIONAL_FILES = (ivf.HEAD, ivf.PARTS)
 PROBE_TEXT = (
     "knative-rag embedding probe: the quick brown fox answers questions about serverless "
     "retrieval over versioned indexes."
@@ -235,8 +242,13 @@ def write_artifact(
     probe: Probe,
     created_at: datetime,
     builder_version: str,
+    partitions: int | None = None,
 ) -> Manifest:
-    """Write an artifact's data files, then its manifest; returns the manifest."""
+    """Write an artifact's data files, then its manifest; returns the manifest.
+
+    ``partitions``: of the partition index (``ivf``); None for ``ivf.partitions`` of the chunk
+    count, 0 for none.
+    """
     if vectors.shape != (len(records), embedding.dim) or len(hashes) != len(records):
         raise ValueError("vectors, records and hashes must be row-aligned")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,9 +273,15 @@ def write_artifact(
     (out_dir / "columns.json").write_text(json.dumps(values, ensure_ascii=False))
     codes.tofile(out_dir / "columns.i32")
     (out_dir / "hashes.bin").write_bytes(b"".join(hashes))
+    nlist = ivf.partitions(len(records)) if partitions is None else partitions
+    names: tuple[str, ...] = DATA_FILES
+    if nlist:
+        docstore = np.fromfile(out_dir / "docstore.jsonl", dtype="u1")
+        ivf.write_partitions(out_dir, vectors, offsets, docstore, min(nlist, len(records)))
+        names += OPTIONAL_FILES
 
     files = {}
-    for name in DATA_FILES:
+    for name in names:
         path = out_dir / name
         with path.open("rb") as handle:
             sha256 = hashlib.file_digest(handle, "sha256").hexdigest()

@@ -112,7 +112,7 @@ def upload_index(
         if existing is not None:
             phase.notes.append("already published")
             return existing
-        for name in DATA_FILES:
+        for name in manifest.files:  # the data files, and the partition index where built
             store.upload(index_key(manifest.index_id, name), directory / name)
             phase.update(manifest.files[name].size)
         try:
@@ -123,7 +123,7 @@ def upload_index(
                 raise
             data = existing
         phase.update(len(data))
-        phase.notes.append(f"{len(DATA_FILES) + 1} files")
+        phase.notes.append(f"{len(manifest.files) + 1} files")
     return data
 
 
