@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +43,7 @@ from .artifact import Artifact, Manifest, NodeRecord
 from .errors import InvalidRequest
 from .filters import FilterGroup, Filters
 
-__all__ = ["Hit", "SearchIndex", "checked_query"]
+__all__ = ["Hit", "SearchIndex", "checked_query", "rank"]
 
 _MAX_BATCH = 64
 _PARSED_TIES = 256  # more rows tied than this: rank them with the cached id list
@@ -151,37 +151,14 @@ class SearchIndex:
     def _ranked(
         self, exact: npt.NDArray[np.float64], shortlist: npt.NDArray[np.intp], top_k: int
     ) -> list[Hit]:
-        # LlamaIndex's similarity (base.embeddings.base.similarity), operation for operation, so
-        # that equal scores are equal and close ones are ordered as there: np.dot(q, e) /
-        # (norm(q) * norm(e)), with the stored row and the query as given, in float64.
-        query_norm = np.linalg.norm(exact)
-        scored = []
-        for row in shortlist.tolist():
-            stored = self.vectors[row].astype(np.float64)
-            norm = query_norm * np.linalg.norm(stored)
-            scored.append((float(np.dot(exact, stored) / norm) if norm > 0 else 0.0, row))
-        scored.sort(key=lambda pair: pair[0], reverse=True)
-        records: dict[int, NodeRecord] = {}
-        ranked: list[tuple[float, int]] = []
-        start = 0
-        while start < len(scored) and len(ranked) < top_k:
-            end = start + 1
-            while end < len(scored) and scored[end][0] == scored[start][0]:
-                end += 1
-            tied = scored[start:end]
-            if len(tied) > 1:  # by node id, largest first: the ones LlamaIndex keeps at a cut
-                if len(tied) > _PARSED_TIES:
-                    ids = self.artifact.ids()[0]
-                    tied.sort(key=lambda pair: ids[pair[1]], reverse=True)
-                else:
-                    records.update((row, self.artifact.record(row)) for _, row in tied)
-                    tied.sort(key=lambda pair: records[pair[1]].id, reverse=True)
-            ranked.extend(tied)
-            start = end
-        return [
-            Hit(row, score, records.get(row) or self.artifact.record(row))
-            for score, row in ranked[:top_k]
-        ]
+        return rank(
+            exact,
+            shortlist.tolist(),
+            top_k,
+            self.vectors.__getitem__,
+            self.artifact.record,
+            lambda: self.artifact.ids()[0],
+        )
 
     def close(self) -> None:
         """Stop the worker thread once it has answered what is queued; later searches on this
@@ -230,6 +207,47 @@ class SearchIndex:
     def mask(self, where: FilterGroup) -> npt.NDArray[np.bool_]:
         """The rows a filter admits."""
         return self.filters.mask(where)
+
+
+def rank(
+    exact: npt.NDArray[np.float64],
+    shortlist: list[int],
+    top_k: int,
+    vector: Callable[[int], npt.NDArray[np.float32]],
+    record: Callable[[int], NodeRecord],
+    ids: Callable[[], list[str]] | None = None,
+) -> list[Hit]:
+    """The ``top_k`` best of the shortlisted rows, scored exactly (``vector``: a row's stored
+    float32 vector), ties ranked by node id (``record``: a row's record; ``ids``: every row's
+    node id, for ties of many rows where parsing each record would cost more)."""
+    # LlamaIndex's similarity (base.embeddings.base.similarity), operation for operation, so
+    # that equal scores are equal and close ones are ordered as there: np.dot(q, e) /
+    # (norm(q) * norm(e)), with the stored row and the query as given, in float64.
+    query_norm = np.linalg.norm(exact)
+    scored = []
+    for row in shortlist:
+        stored = vector(row).astype(np.float64)
+        norm = query_norm * np.linalg.norm(stored)
+        scored.append((float(np.dot(exact, stored) / norm) if norm > 0 else 0.0, row))
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    records: dict[int, NodeRecord] = {}
+    ranked: list[tuple[float, int]] = []
+    start = 0
+    while start < len(scored) and len(ranked) < top_k:
+        end = start + 1
+        while end < len(scored) and scored[end][0] == scored[start][0]:
+            end += 1
+        tied = scored[start:end]
+        if len(tied) > 1:  # by node id, largest first: the ones LlamaIndex keeps at a cut
+            if len(tied) > _PARSED_TIES and ids is not None:
+                every = ids()
+                tied.sort(key=lambda pair: every[pair[1]], reverse=True)
+            else:
+                records.update((row, record(row)) for _, row in tied)
+                tied.sort(key=lambda pair: records[pair[1]].id, reverse=True)
+        ranked.extend(tied)
+        start = end
+    return [Hit(row, score, records.get(row) or record(row)) for score, row in ranked[:top_k]]
 
 
 @dataclass(frozen=True)
