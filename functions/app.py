@@ -200,6 +200,8 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
         ready: dict[str, Any] = {"status": "ready", "index_id": service.index_id}
         if keys and not request.scope.get("state", {}).get(AUTHORIZED, False):
             return JSONResponse(ready)  # what a probe and an operator need, and no more
+        tier = getattr(service.index, "tier", None)  # an index answered on demand, for now
+        cold = getattr(service.index, "cold", None)
         return JSONResponse(
             {
                 **ready,
@@ -207,6 +209,8 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 "ready_at": loader.ready_at,
                 "timings_s": {name: round(value, 4) for name, value in loader.timings.items()},
                 "reloads": dict(loader.reloads),
+                **({"serving_from": tier} if tier else {}),
+                **({"on_demand_reads": {"gets": cold.gets, "bytes": cold.bytes}} if cold else {}),
             }
         )
 

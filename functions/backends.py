@@ -8,7 +8,9 @@ search (``open``). What it opens is a ``Searcher``: top-k search with the filter
 Nothing above this seam knows which backend serves.
 
 - ``ArtifactBackend``: the index artifact, downloaded from the object store, verified and
-  memory-mapped; exact search (``search``). For a corpus one replica can hold.
+  memory-mapped; exact search (``search``). For a corpus one replica can hold. From a remote
+  store, an index with a partition index is answered on demand by ranged reads until it has
+  arrived (``tiered``), so the cold start does not grow with the corpus.
 - ``functions.elastic.ElasticsearchBackend``: the index loaded into Elasticsearch by the builder;
   nothing is downloaded.
 """
@@ -25,12 +27,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .artifact import Manifest
+from . import ivf
+from .artifact import DATA_FILES, Manifest
 from .catalog import Pointer, fetch_artifact, is_index_id, read_manifest, read_pointer
+from .cold import ColdIndex
 from .errors import ConfigurationError, IndexTooLarge
 from .filters import FilterGroup
 from .search import Hit, SearchIndex
-from .storage import Store
+from .storage import LocalStore, Store
+from .tiered import TieredSearcher
 
 __all__ = ["ArtifactBackend", "Backend", "Located", "Searcher"]
 
@@ -103,19 +108,30 @@ class Backend(Protocol):
 class ArtifactBackend:
     """Index artifacts from the object store, downloaded into ``cache_dir`` and mapped.
 
-    ``budget``: the largest index (bytes, all its files) this process may hold; None for none.
+    ``budget``: the largest index (bytes, the files it downloads) this process may hold; None
+    for none. ``on_demand``: answer from the store by ranged reads while an index downloads,
+    where it has a partition index and the store is remote, reading ``probes`` partitions a
+    query (``cold``).
     """
 
     name = "artifact"
 
     def __init__(
-        self, store: Callable[[], Store], cache_dir: Path, *, budget: int | None = None
+        self,
+        store: Callable[[], Store],
+        cache_dir: Path,
+        *,
+        budget: int | None = None,
+        on_demand: bool = True,
+        probes: int = 16,
     ) -> None:
         self._open_store = store
         self._store: Store | None = None
         self._store_client_s = 0.0
         self.cache_dir = cache_dir
         self.budget = budget
+        self.on_demand = on_demand
+        self.probes = probes
 
     @property
     def store(self) -> Store:
@@ -139,17 +155,28 @@ class ArtifactBackend:
         return read_manifest(self.store, name, pointer=pointer)
 
     def admit(self, manifest: Manifest) -> None:
-        """Refuse an index whose files would not fit the memory budget."""
-        size = sum(entry.size for entry in manifest.files.values())
+        """Refuse an index whose files would not fit the memory budget (the partition index is
+        read on demand, never held whole)."""
+        size = sum(manifest.files[name].size for name in DATA_FILES)
         if self.budget is not None and size > self.budget:
             raise IndexTooLarge(
                 f"index {manifest.index_id} is {size / MiB:.0f} MiB, more than the memory "
                 f"budget of {self.budget / MiB:.0f} MiB (RAG_MAX_INDEX_MB or the memory limit)"
             )
 
-    def open(self, manifest: Manifest, timings: dict[str, float]) -> SearchIndex:
-        """Download (or open in place) and verify every file, then map them."""
+    def open(self, manifest: Manifest, timings: dict[str, float]) -> SearchIndex | TieredSearcher:
+        """Download (or open in place) and verify every file, then map them; from a remote
+        store, open the partition index and download the rest in the background instead."""
         timings["store_client"] = self._store_client_s
+        store = self.store
+        if self.on_demand and ivf.HEAD in manifest.files and not isinstance(store, LocalStore):
+            step = time.perf_counter()
+            cold = ColdIndex(store, manifest, probes=self.probes)
+            timings["partition_index"] = time.perf_counter() - step
+            return TieredSearcher(cold, lambda: self._download(manifest, timings), timings)
+        return self._download(manifest, timings)
+
+    def _download(self, manifest: Manifest, timings: dict[str, float]) -> SearchIndex:
         step = time.perf_counter()
         artifact = fetch_artifact(self.store, manifest, self.cache_dir)
         timings["fetch_and_verify"] = time.perf_counter() - step
@@ -162,8 +189,12 @@ class ArtifactBackend:
         """Stop the index's search thread; free its downloaded files in the cache (memory on
         Knative). Requests still on it keep their mappings until they finish. A local store's
         files are used in place and have no copy in the cache."""
+        folder = self.cache_dir / searcher.manifest.index_id
+        if isinstance(searcher, TieredSearcher):  # its download may still be writing there
+            searcher.close(then=lambda: shutil.rmtree(folder, ignore_errors=True))
+            return
         searcher.close()
-        shutil.rmtree(self.cache_dir / searcher.manifest.index_id, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         """Nothing to close: the store's client needs none."""

@@ -93,7 +93,13 @@ def make_backend(settings: Settings, *, store: Store | None = None) -> Backend:
     budget = index_budget(
         settings, follows_channel=not is_index_id(settings.index), limit=memory_limit()
     )
-    return ArtifactBackend(open_configured, settings.cache_dir, budget=budget)
+    return ArtifactBackend(
+        open_configured,
+        settings.cache_dir,
+        budget=budget,
+        on_demand=settings.on_demand == "auto",
+        probes=settings.on_demand_probes,
+    )
 
 
 def memory_limit(paths: tuple[Path, ...] = _CGROUP_LIMITS) -> int | None:

@@ -139,6 +139,24 @@ class _LoaderCollector(Collector):
             chunks.add_metric([], float(manifest.counts.chunks))
         yield info
         yield chunks
+        on_demand = GaugeMetricFamily(
+            "knative_rag_index_on_demand",
+            "1 while the served index is answered by ranged reads of the store (it is still "
+            "downloading), 0 once it is answered from memory.",
+        )
+        reads = CounterMetricFamily(
+            "knative_rag_on_demand_reads",
+            "Ranged GETs made by queries answered on demand, and their bytes.",
+            labels=["unit"],
+        )
+        index = service.index if service is not None else None
+        tier, cold = getattr(index, "tier", None), getattr(index, "cold", None)
+        on_demand.add_metric([], 1.0 if tier == "on_demand" else 0.0)
+        if cold is not None:
+            reads.add_metric(["requests"], float(cold.gets))
+            reads.add_metric(["bytes"], float(cold.bytes))
+        yield on_demand
+        yield reads
         reloads = CounterMetricFamily(
             "knative_rag_reloads", "Hot reloads by outcome.", labels=["outcome"]
         )

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )
+    on_demand: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto = from an S3 store, answer from the index's partitions by ranged "
+        "reads while the whole index downloads, then from memory; off = answer only once it "
+        "has downloaded.",
+    )
+    on_demand_probes: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Partitions a query reads on demand: more = better recall, more bytes.",
+    )
     max_index_mb: int | None = Field(
         None,
         ge=1,

@@ -13,8 +13,8 @@ retriever passes through from ``vector_store_kwargs``: it is never re-validated 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
@@ -30,7 +30,7 @@ from pydantic import PrivateAttr
 
 from .errors import InvalidRequest, UnsupportedFilter
 from .filters import Combine, Condition, FilterGroup
-from .search import SearchIndex
+from .search import Hit
 
 __all__ = ["ArtifactVectorStore", "translate_filters"]
 
@@ -59,14 +59,30 @@ def _condition(item: MetadataFilter) -> Condition:
     return Condition(item.key, str(getattr(item.operator, "value", item.operator)), item.value)
 
 
+class Searchable(Protocol):
+    """What the store searches: ``search.SearchIndex``, or ``tiered.TieredSearcher``."""
+
+    def search(
+        self,
+        query: Any,
+        top_k: int,
+        where: FilterGroup | None = None,
+        *,
+        node_ids: Collection[str] | None = None,
+        doc_ids: Collection[str] | None = None,
+        text: str | None = None,
+    ) -> list[Hit]:
+        """Top-k search, as ``SearchIndex.search``."""
+
+
 class ArtifactVectorStore(BasePydanticVectorStore):
     """A published index, served read-only: ``query`` works, ``add`` and ``delete`` refuse."""
 
     stores_text: bool = True
     is_embedding_query: bool = True
-    _index: SearchIndex = PrivateAttr()
+    _index: Searchable = PrivateAttr()
 
-    def __init__(self, index: SearchIndex, **kwargs: Any) -> None:
+    def __init__(self, index: Searchable, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._index = index
 
@@ -76,7 +92,7 @@ class ArtifactVectorStore(BasePydanticVectorStore):
         return "ArtifactVectorStore"
 
     @property
-    def client(self) -> SearchIndex:
+    def client(self) -> Searchable:
         """The search index this store reads."""
         return self._index
 

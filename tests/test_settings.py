@@ -36,6 +36,8 @@ def test_defaults() -> None:
         "max_file_chars": 5_000_000,
         "max_chunks": 1_000_000,
         "download_concurrency": 8,
+        "on_demand": "auto",
+        "on_demand_probes": 16,
         "max_index_mb": None,
         "startup_timeout_s": 120.0,
         "api_keys": None,
