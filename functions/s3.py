@@ -1,4 +1,5 @@
-"""The S3 store (AWS S3, MinIO, any S3-compatible server): the only module that touches boto3.
+"""The S3 store (AWS S3, MinIO, any S3-compatible server): the only module that touches
+botocore and boto3 (botocore's client; boto3's transfer manager for uploads).
 
 Conditional writes use ``PutObject`` with ``IfMatch=<etag>`` or ``IfNoneMatch="*"``; a 412 or 409
 answer is a lost race. Downloads hash each block as it arrives. With ``download_concurrency`` > 1
@@ -16,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, IntegrityError, ObjectNotFound, StoreError, WriteConflict
 from .storage import Fetched, ObjectInfo, Versioned
@@ -47,6 +48,18 @@ def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _client(config: Any) -> S3Client:
+    """An S3 client from botocore's session, as boto3 makes it (the standard ``AWS_*``
+    configuration and credential chain) without boto3's own session: 0.1 s less of a cold
+    start. boto3 is imported for uploads only (its transfer manager)."""
+    import botocore.session
+
+    client: S3Client = botocore.session.get_session().create_client(  # type: ignore[assignment]
+        "s3", config=config
+    )
+    return client
+
+
 _THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
 _PREFLIGHT = ".knative-rag-preflight"  # never written: the key of the write check
 
@@ -63,8 +76,6 @@ class S3Store:
         download_concurrency: int = 8,
         multipart_threshold: int = 64 * 1024 * 1024,
     ) -> None:
-        import boto3
-        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = bucket
@@ -78,17 +89,14 @@ class S3Store:
             read_timeout=30,
             max_pool_connections=max(10, 4 * self.download_concurrency),
         )
-        self.client: S3Client = client or boto3.client("s3", config=config)
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold
-        )
+        self.client: S3Client = client or _client(config)
+        self._multipart_threshold = multipart_threshold
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     @contextmanager
     def _translated(self, key: str) -> Iterator[None]:
-        from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -100,15 +108,19 @@ class S3Store:
             yield
         except ClientError as exc:
             raise self._refusal(exc, key) from exc
-        except Boto3Error as exc:  # the transfer manager's own (S3UploadFailedError ...)
-            if isinstance(exc.__context__, ClientError):
-                raise self._refusal(exc.__context__, key) from exc
-            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
         except BotoCoreError as exc:
             transient = not isinstance(exc, NoCredentialsError | PartialCredentialsError)
             raise StoreError(
                 f"{self.uri}/{key}: {type(exc).__name__}: {exc}", transient=transient
             ) from exc
+        except Exception as exc:
+            if not type(exc).__module__.startswith("boto3."):
+                raise
+            # The transfer manager's own (S3UploadFailedError ...), from uploads only: boto3 is
+            # imported only there.
+            if isinstance(exc.__context__, ClientError):
+                raise self._refusal(exc.__context__, key) from exc
+            raise StoreError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
 
     def _refusal(self, exc: ClientError, key: str) -> StoreError | IntegrityError:
         """The error an S3 error answer means here."""
@@ -193,8 +205,16 @@ class S3Store:
 
     def upload(self, key: str, path: Path) -> None:
         """Upload a file; large files go up as parallel multipart parts."""
+        from boto3.s3.transfer import S3Transfer, TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self._multipart_threshold,
+            multipart_chunksize=self._multipart_threshold,
+        )
         with self._translated(key):
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+            S3Transfer(self.client, config).upload_file(  # type: ignore[arg-type]
+                str(path), self.bucket, self._key(key)
+            )
 
     def fetch(self, key: str, dest: Path, *, size: int, block_size: int) -> Fetched:
         """Download to ``dest``, hashing each block; the file appears only when complete."""
