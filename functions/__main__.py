@@ -18,10 +18,10 @@ from .settings import Settings, api_keys  # noqa: E402
 def main() -> None:
     """Read the settings once, start loading the index, then serve until SIGTERM.
 
-    The index starts downloading before the web framework is imported: the download and its
-    hashing release the GIL, so the two overlap on a multi-core machine. The imports wait until
-    the S3 client exists and the download has begun, since both are CPU work under the GIL and
-    the download is the longer path.
+    The index starts loading before the web framework is imported: reads from the store, the
+    download and its hashing release the GIL, so the two overlap. The imports wait until the
+    store's client exists and the channel is read, since making the client is CPU work under the
+    GIL and the first step of every path to readiness.
     """
     settings = Settings()
     try:

@@ -120,7 +120,7 @@ class IndexLoader:
         self.public_reason: str | None = self.reason  # for /readyz and 503s: says no more than why
         self.service: QueryService | None = None
         self.timings: dict[str, float] = {}
-        self.downloading = threading.Event()  # set once the index is being opened (or failed)
+        self.downloading = threading.Event()  # set once the index is located (or failed)
         self.done = threading.Event()  # set once loading has succeeded or failed
         self._lock = threading.Lock()
 
@@ -235,6 +235,9 @@ class IndexLoader:
         timings = self.timings if current is None else {}
         step = time.perf_counter()
         located = self.backend.locate(self.name)
+        # The store's client exists (its making is CPU work under the GIL): the web framework
+        # may import while the manifest and the index are read.
+        self.downloading.set()
         if current is not None:
             if located.index_id == current.index_id:
                 self.reloads["unchanged"] += 1
