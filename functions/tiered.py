@@ -3,7 +3,8 @@
 ``TieredSearcher`` answers with the cold path (``cold``) from the moment the partition index's
 head is read, and downloads the whole artifact in the background meanwhile. The download begins
 once the first query has been answered (a function scaled from zero is woken by a request: that
-request comes first), or ``warm_after_s`` after opening, whichever is sooner. When every file has
+request comes first), or ``warm_after_s`` after opening, whichever is sooner (the web server
+may still be importing for a second or two after the index opened: the timer must not beat it). When every file has
 arrived and matched the manifest, the in-memory exact search takes over by one assignment: a query
 already on the cold path finishes there, every later one is answered from memory. Nothing pauses.
 
@@ -47,7 +48,7 @@ class TieredSearcher:
         load_warm: Callable[[], SearchIndex],
         timings: dict[str, float],
         *,
-        warm_after_s: float = 1.0,
+        warm_after_s: float = 5.0,
         wait_s: float = 60.0,
     ) -> None:
         self._cold = cold
