@@ -12,6 +12,7 @@ than a second of cold start and retrieve mode needs nothing else from it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -111,52 +112,63 @@ class OllamaEmbedder:
 
 
 class OllamaQueryEmbedder:
-    """Ollama's ``POST /api/embed`` over one pooled HTTP client, without LlamaIndex."""
+    """Ollama's ``POST /api/embed`` over one pool of keep-alive connections, without LlamaIndex.
+
+    The pool is urllib3's, which botocore has imported already: a cold start pays for no HTTP
+    client of its own (httpx costs 0.1 s to import, more where its command-line extras are).
+    """
 
     provider = "ollama"
 
     def __init__(
         self, model: str, host: str, *, batch_size: int = 32, timeout_s: float = 60.0
     ) -> None:
-        import httpx
+        import urllib3
 
         self.model = model
         self._batch_size = batch_size
-        self._client = httpx.Client(base_url=ollama_base_url(host), timeout=timeout_s)
-        self._http_error = httpx.HTTPError
-        self._timeout = httpx.TimeoutException
+        self._base_url = ollama_base_url(host).rstrip("/")
+        self._pool = urllib3.PoolManager(
+            maxsize=16, block=False, timeout=urllib3.Timeout(connect=5.0, read=timeout_s)
+        )
+        errors = urllib3.exceptions
+        self._http_error = errors.HTTPError
+        self._timeout = errors.TimeoutError
         # A pooled keep-alive connection the server closed just as it was reused fails at once
         # (no bytes were answered); embedding is idempotent, so one immediate retry on a fresh
         # connection is safe. Timeouts are not retried: the deadline would pass.
-        self._dropped = (
-            httpx.RemoteProtocolError,
-            httpx.ReadError,
-            httpx.WriteError,
-            httpx.ConnectError,
-        )
+        self._refused = errors.NewConnectionError
+        self._dropped = (errors.ProtocolError, errors.NewConnectionError, errors.TimeoutError)
 
     def _post(self, body: dict[str, Any]) -> Any:
+        data = json.dumps(body).encode()
+        url = f"{self._base_url}/api/embed"
+        headers = {"Content-Type": "application/json"}
         try:
-            return self._client.post("/api/embed", json=body)
-        except self._dropped:
-            return self._client.post("/api/embed", json=body)
+            return self._pool.request("POST", url, body=data, headers=headers, retries=False)
+        except self._dropped as exc:
+            if self._timed_out(exc):
+                raise
+            return self._pool.request("POST", url, body=data, headers=headers, retries=False)
+
+    def _timed_out(self, exc: Exception) -> bool:
+        # urllib3's NewConnectionError (refused, unreachable) subclasses its timeout error.
+        return isinstance(exc, self._timeout) and not isinstance(exc, self._refused)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         try:
             response = self._post({"model": self.model, "input": texts})
-        except self._timeout as exc:
-            raise UpstreamTimeout(
-                f"Ollama at {self._client.base_url} did not answer in time"
-            ) from exc
         except self._http_error as exc:
-            raise UpstreamError(f"Ollama at {self._client.base_url} is unreachable: {exc}") from exc
-        if response.status_code != 200:
+            if self._timed_out(exc):
+                raise UpstreamTimeout(f"Ollama at {self._base_url} did not answer in time") from exc
+            raise UpstreamError(f"Ollama at {self._base_url} is unreachable: {exc}") from exc
+        if response.status != 200:
             raise UpstreamError(
-                f"Ollama embedding with {self.model!r} failed: {response.status_code} "
-                f"{response.text[:200]}",
-                transient=response.status_code >= 500 or response.status_code == 429,
+                f"Ollama embedding with {self.model!r} failed: {response.status} "
+                f"{response.data[:200].decode('utf-8', 'replace')}",
+                transient=response.status >= 500 or response.status == 429,
             )
-        embeddings: list[list[float]] = response.json()["embeddings"]
+        embeddings: list[list[float]] = json.loads(response.data)["embeddings"]
         return embeddings
 
     def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
