@@ -43,7 +43,7 @@ from .storage import Store
 
 __all__ = ["ColdColumns", "ColdIndex", "NeedsWarm"]
 
-_READ_THREADS = 16
+_READ_THREADS = 64  # one wave of GETs for a shortlist of 2 x 10 rows and records, and more
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 T = TypeVar("T")

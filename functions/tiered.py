@@ -4,9 +4,10 @@
 head is read, and downloads the whole artifact in the background meanwhile. The download begins
 once the first query has been answered (a function scaled from zero is woken by a request: that
 request comes first), or ``warm_after_s`` after opening, whichever is sooner (the web server
-may still be importing for a second or two after the index opened: the timer must not beat it). When every file has
-arrived and matched the manifest, the in-memory exact search takes over by one assignment: a query
-already on the cold path finishes there, every later one is answered from memory. Nothing pauses.
+may still be importing for a second or two after the index opened: the timer must not beat it).
+When every file has arrived and matched the manifest, the in-memory exact search takes over by
+one assignment: a query already on the cold path finishes there, every later one is answered
+from memory. Nothing pauses.
 
 A query the cold path cannot answer (``NeedsWarm``: node or document ids, a filter that admits too
 few rows near the query) waits for the download, up to ``wait_s``. If the download fails for good

@@ -228,6 +228,27 @@ def test_s3store_fetches_blocks_and_hashes(
     assert gets == (3 if concurrency > 1 else 1)
 
 
+def test_s3store_reads_ranges_by_presigned_url(server: RangeS3, tmp_path: Path) -> None:
+    from functions.errors import IntegrityError, ObjectNotFound
+
+    source = tmp_path / "b" / "rag" / "parts"
+    source.parent.mkdir()
+    data = os.urandom(10_000)
+    source.write_bytes(data)
+    store = S3Store("b", "rag")
+    assert store.read_range("parts", 0, 10_000) == data
+    assert store.read_range("parts", 1234, 5678) == data[1234:5678]
+    assert store.read_range("parts", 9_999, 10_000) == data[-1:]
+    assert store.read_range("parts", 7, 7) == b""
+    assert server.stats()["by_key"]["b/rag/parts"]["gets"] == 3  # one GET each, none empty
+    with pytest.raises(IntegrityError, match="shorter"):
+        store.read_range("parts", 10_000, 10_010)
+    with pytest.raises(IntegrityError, match="bytes at 9990"):
+        store.read_range("parts", 9_990, 10_010)  # S3 answers what there is: 10 bytes
+    with pytest.raises(ObjectNotFound):
+        store.read_range("absent", 0, 10)
+
+
 def test_counters_count_the_bytes_sent(server: RangeS3) -> None:
     request(server.url, "GET", "/b/data.bin", {"Range": "bytes=0-999"})
     request(server.url, "HEAD", "/b/data.bin")
