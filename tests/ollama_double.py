@@ -44,6 +44,7 @@ class OllamaDouble:
         self.embedded: list[str] = []
         self.chats: list[dict[str, Any]] = []
         self.shows = 0
+        self.table: dict[str, list[float]] = {}  # texts with given embeddings (any model)
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -55,7 +56,9 @@ class OllamaDouble:
         )
 
     def vector(self, model: str, text: str) -> list[float]:
-        """The double's embedding of ``text`` by ``model``."""
+        """The double's embedding of ``text`` by ``model`` (the table's, where it has one)."""
+        if text in self.table:
+            return self.table[text]
         seed = int.from_bytes(
             hashlib.blake2b(f"{model}\0{text}".encode(), digest_size=8).digest(), "little"
         )
@@ -197,10 +200,15 @@ def create_app() -> Starlette:
     """``uvicorn tests.ollama_double:create_app --factory``: the double in its own process.
 
     ``OLLAMA_DOUBLE_DIM`` sets nomic-embed-text's dimension (default 768, as the real model);
-    ``OLLAMA_DOUBLE_LATENCY_S`` delays every embed and chat answer.
+    ``OLLAMA_DOUBLE_LATENCY_S`` delays every embed and chat answer; ``OLLAMA_DOUBLE_TABLE``
+    names a JSON file of ``{text: vector}`` that embed as given (benchmark queries near chosen
+    vectors).
     """
     import os
 
     double = OllamaDouble({"nomic-embed-text": int(os.environ.get("OLLAMA_DOUBLE_DIM", "768"))})
     double.latency_s = float(os.environ.get("OLLAMA_DOUBLE_LATENCY_S", "0"))
+    if table := os.environ.get("OLLAMA_DOUBLE_TABLE"):
+        with open(table, encoding="utf-8") as handle:
+            double.table = json.load(handle)
     return double.app
