@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["S3Store"]
 
 _IN_FLIGHT = 4
+_STREAM_CHUNK = 1024 * 1024
 _RANGE_ATTEMPTS = 4
 _RANGE_BACKOFF_S = 0.05
 _PRESIGNED_LIFE_S = 900  # a presigned URL's validity
@@ -47,10 +48,14 @@ def _read_block(body: StreamingBody, block_size: int) -> bytes:
     return block
 
 
-def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
+def _write(fd: int, data: bytes, offset: int) -> None:
     view, written = memoryview(data), 0
     while written < len(data):  # pwrite may write less than asked
         written += os.pwrite(fd, view[written:], offset + written)
+
+
+def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
+    _write(fd, data, offset)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -270,8 +275,14 @@ class S3Store:
                     Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{end}"
                 )
                 totals.add(response.get("ContentRange", "/").rsplit("/", 1)[-1])
-                data = response["Body"].read()
-                return _hash_and_write(fd, data, offset), len(data)
+                # A megabyte at a time, written and hashed as it arrives: eight blocks of 8 MiB
+                # held whole per file would be the largest thing in a cold start's memory.
+                body, digest, at = response["Body"], hashlib.sha256(), offset
+                while chunk := body.read(_STREAM_CHUNK):
+                    _write(fd, chunk, at)
+                    digest.update(chunk)
+                    at += len(chunk)
+                return digest.hexdigest(), at - offset
 
             with ThreadPoolExecutor(self.download_concurrency, thread_name_prefix="range") as pool:
                 parts = list(pool.map(block, range(0, size, block_size)))
