@@ -50,12 +50,15 @@ scan: $(SCAN_VENV)/.installed-stamp
 demo: install
 	$(PY) scripts/demo.py
 
-# Cold start, query speed and memory against LlamaIndex's default (about 5 minutes), then the
-# load time of a 100k x 768 artifact from a local store. Writes bench/*.json and bench/results.png.
+# Cold start, query speed and memory against LlamaIndex's default (about 5 minutes), the load
+# time of a 100k x 768 artifact from a local store, then the cold start on demand from a
+# range-serving S3 against Lance at 100k (about 10 minutes; for 1M:
+# python bench/cold_path.py --chunks 1000000 --repeat 3). Writes bench/*.json and *.png.
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/run.py
 	$(PY) bench/load_time.py
+	$(PY) bench/cold_path.py
 
 # The runtime dependencies (pyproject's [project] dependencies), pinned with hashes for every
 # platform: the image installs exactly these. Run after changing them in pyproject.toml.

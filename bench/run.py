@@ -334,10 +334,11 @@ def main() -> None:
             results["sizes"][str(size)] = entry
     results["bench_wall_s"] = time.perf_counter() - began
     saved = ROOT / "bench" / "results.json"
-    if saved.exists():  # bench/backends.py's entry is its own run's: kept, not measured here
-        backends = json.loads(saved.read_text()).get("backends")
-        if backends is not None:
-            results["backends"] = backends
+    if saved.exists():  # bench/backends.py's and bench/cold_path.py's entries: their own runs'
+        kept = json.loads(saved.read_text())
+        for entry in ("backends", "cold_path"):
+            if kept.get(entry) is not None:
+                results[entry] = kept[entry]
     saved.write_text(json.dumps(results, indent=2) + "\n")
     chart(results, ROOT / "bench" / "results.png")
     print(f"wrote bench/results.json and bench/results.png in {results['bench_wall_s']:.0f} s")
