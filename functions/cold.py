@@ -165,10 +165,10 @@ class ColdIndex:
             with self._lock:
                 if p not in self._parts:
                     self._parts[p] = part
-                    self._cached += part.codes.nbytes + part.rows.nbytes * 12
+                    self._cached += part.nbytes
                 while self._cached > self._cache_bytes and len(self._parts) > 1:
                     _, old = self._parts.popitem(last=False)
-                    self._cached -= old.codes.nbytes + old.rows.nbytes * 12
+                    self._cached -= old.nbytes
         return [found[p] for p in numbers if p in found]
 
     def search(

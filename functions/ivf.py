@@ -154,6 +154,11 @@ class Partition:
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes it holds."""
+        return len(self) * _ROW_FIXED + int(self.codes.nbytes)
+
     def scores(self, query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Approximate cosine similarity of every row with a unit query."""
         scores: npt.NDArray[np.float32] = (self.codes.astype(np.float32) @ query) * self.scales

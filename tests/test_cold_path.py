@@ -174,3 +174,13 @@ def test_the_ids_are_not_on_the_cold_path(corpus: Corpus) -> None:
     cold = ColdIndex(Remote(corpus.store), corpus.manifest)
     with pytest.raises(NeedsWarm):
         cold.columns().ids()
+
+
+def test_the_partitions_kept_are_bounded(corpus: Corpus) -> None:
+    cold = ColdIndex(Remote(corpus.store), corpus.manifest, probes=8, cache_bytes=20_000)
+    for query in corpus.queries[:5]:
+        cold_search(cold, query)
+        assert cold._cached == sum(part.nbytes for part in cold._parts.values())
+        assert cold._cached <= 20_000 or len(cold._parts) == 1
+    cold.close()
+    assert (cold._cached, len(cold._parts)) == (0, 0)
