@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 import pytest
 from pypdf import PdfReader
 
+from functions import s3 as s3_module
 from functions.catalog import fetch_artifact
 from functions.embeddings import OllamaEmbedder
 from functions.errors import InvalidRequest
@@ -51,20 +53,20 @@ def _put(source: str, objects: dict[str, bytes]) -> None:
 @contextmanager
 def _s3_downloads() -> Iterator[list[str]]:
     """The keys of the GetObject requests the process sends meanwhile, seen through botocore's
-    event hooks on boto3's default session (the session the store's client is made from)."""
+    event hooks on every S3 client the store makes (``functions.s3._client``)."""
     keys: list[str] = []
 
     def record(params: dict[str, Any], **_: Any) -> None:
         keys.append(params["Key"])
 
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    events = boto3.DEFAULT_SESSION.events
-    events.register("before-parameter-build.s3.GetObject", record, unique_id="test-downloads")
-    try:
+    def hooked(config: Any) -> Any:
+        client = made(config)
+        client.meta.events.register("before-parameter-build.s3.GetObject", record)
+        return client
+
+    made = s3_module._client
+    with mock.patch.object(s3_module, "_client", hooked):
         yield keys
-    finally:
-        events.unregister("before-parameter-build.s3.GetObject", unique_id="test-downloads")
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
