@@ -18,7 +18,8 @@ the peak RSS is read. Recall@10 of the cold path and of the warm path is measure
 with the function's own code over the same store (``ColdIndex``, ``SearchIndex``), against the
 exact top 10, over all the queries. The Lance peers (``bench/lance_peer.py``) run in the same
 invocation on the same store. Writes the figures to ``--out`` and to results.json's
-``cold_path``.
+``cold_path``, and draws bench/cold_path.png. One script run by path, like the other
+benchmarks: over 400 lines with its peers and its chart.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ from bench import corpus as synthetic  # noqa: E402
 from bench.clustered import cached, recall  # noqa: E402
 from bench.range_s3 import aws_env  # noqa: E402
 from bench.run import machine  # noqa: E402
-from bench.services import free_port, ollama_double, peak_rss_mb, request, spawned  # noqa: E402
+from bench.services import (  # noqa: E402
+    first_200,
+    free_port,
+    ollama_double,
+    peak_rss_mb,
+    request,
+    spawned,
+)
 from functions.artifact import (  # noqa: E402
     PROBE_TEXT,
     ChunkingSpec,
@@ -165,25 +173,19 @@ def ours(
     port = free_port()
     env = {**env, "PORT": str(port), "RAG_CACHE_DIR": str(work / f"cache-{port}")}
 
+    def body(i: int) -> bytes:
+        return json.dumps({"query": f"bench query {i}", "mode": "retrieve", "top_k": K}).encode()
+
     def ask(i: int) -> tuple[int, bytes]:
-        body = json.dumps({"query": f"bench query {i}", "mode": "retrieve", "top_k": K})
-        return request(port, "POST", "/query", body.encode())
+        return request(port, "POST", "/query", body(i))
 
     server.reset()
     spawned_at = time.time()
-    with spawned([sys.executable, "-m", "functions"], env, work / f"function-{port}.log") as proc:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, payload = ask(0)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"no 200 from the function: see {work}/function-{port}.log")
-            time.sleep(0.005)
+    log = work / f"function-{port}.log"
+    with spawned([sys.executable, "-m", "functions"], env, log) as proc:
+        payload = first_200(proc, port, body(0), log)
         first_at = time.time()
+        deadline = time.monotonic() + 120
         first = server.stats()
         while True:
             ready = json.loads(request(port, "GET", "/readyz")[1])

@@ -112,6 +112,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def first_200(proc: subprocess.Popen[bytes], port: int, body: bytes, log: Path) -> bytes:
+    """POST ``body`` to a spawned function's /query every 5 ms until it answers 200 (the body
+    of that answer); fails if the process dies or two minutes pass."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            status, payload = request(port, "POST", "/query", body)
+            if status == 200:
+                return payload
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"no 200 from the function: see {log}")
+        time.sleep(0.005)
+
+
 def cold_start(env: dict[str, str], mode: str, query: str, work: Path) -> dict[str, Any]:
     """Spawn ``python -m functions`` and POST /query until the first 200; returns the breakdown."""
     port = free_port()
@@ -119,17 +135,7 @@ def cold_start(env: dict[str, str], mode: str, query: str, work: Path) -> dict[s
     body = json.dumps({"query": query, "mode": mode, "top_k": 5}).encode()
     spawned_at = time.time()
     with spawned([sys.executable, "-m", "functions"], env, work / f"function-{port}.log") as proc:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, payload = request(port, "POST", "/query", body)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"no 200 from the function: see {work}/function-{port}.log")
-            time.sleep(0.005)
+        payload = first_200(proc, port, body, work / f"function-{port}.log")
         first_at = time.time()
         ready = json.loads(request(port, "GET", "/readyz")[1])
         rss = peak_rss_mb(proc.pid)

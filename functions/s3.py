@@ -293,15 +293,11 @@ class S3Store:
         return Fetched(tmp, sum(n for _, n in parts), [digest for digest, _ in parts])
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of an object: one ranged GET.
-
-        Queries answered on demand make dozens of these at once, so they skip botocore's
-        request pipeline (2 ms of CPU each, under the GIL): a presigned URL per key, reused for
-        ``_PRESIGNED_REUSE_S``, sent with a ``Range`` header through the client's own HTTP
-        session (its TLS, proxy and pool settings), 0.6 ms each. An answer 403 (credentials
-        rotated, URL expired) is retried once with a fresh URL; 5xx and connection errors are
-        retried with backoff.
-        """
+        """Bytes [start, end) of an object: one ranged GET. A cold query makes dozens at once,
+        so they skip botocore's request pipeline (2 ms of CPU each, under the GIL): a presigned
+        URL per key, reused for ``_PRESIGNED_REUSE_S``, sent with a ``Range`` header through the
+        client's own HTTP session (its TLS, proxy and pool settings): 0.6 ms. A 403 (rotated
+        credentials) is retried with a fresh URL, 5xx and dropped connections with backoff."""
         if end <= start:
             return b""
         from botocore.awsrequest import AWSRequest
