@@ -106,11 +106,7 @@ class TieredSearcher:
         try:
             if node_ids is not None or doc_ids is not None:
                 raise NeedsWarm("node and document ids are read from the whole docstore")
-            admitted = None
-            if where is not None:
-                if self._filters is None:
-                    self._filters = Filters(self._cold.columns())  # type: ignore[arg-type]
-                admitted = self._filters.mask(where)
+            admitted = self._cold_mask(where) if where is not None else None
             hits = self._cold.search(exact, norm, top_k, admitted)
         except NeedsWarm:
             warm = self._wait()
@@ -128,6 +124,10 @@ class TieredSearcher:
         """The rows a filter admits."""
         if self._warm is not None:
             return self._warm.mask(where)
+        return self._cold_mask(where)
+
+    def _cold_mask(self, where: FilterGroup) -> npt.NDArray[np.bool_]:
+        """The rows a filter admits, from the filter columns read whole from the store."""
         if self._filters is None:
             self._filters = Filters(self._cold.columns())  # type: ignore[arg-type]
         return self._filters.mask(where)
