@@ -54,6 +54,7 @@ from bench.services import (  # noqa: E402
     request,
     spawned,
 )
+from functions import backends, ivf  # noqa: E402
 from functions.artifact import (  # noqa: E402
     PROBE_TEXT,
     ChunkingSpec,
@@ -83,9 +84,13 @@ def prepare(base: Path, n: int, dim: int, queries: int) -> tuple[Path, dict[str,
 def build(vectors: np.ndarray, work: Path) -> tuple[Manifest, float]:
     """Write the artifact the builder writes for these vectors (cached); its build seconds."""
     folder = work / "artifact"
-    if (folder / "manifest.json").exists():
-        manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
-        return manifest, json.loads((work / "artifact-build.json").read_text())["build_s"]
+    built = work / "artifact-build.json"
+    if (folder / "manifest.json").exists() and built.exists():
+        cached = json.loads(built.read_text())
+        if cached.get("layout") == ivf.CONTIGUOUS:  # else written before rows were laid out
+            manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
+            return manifest, cached["build_s"]
+    shutil.rmtree(folder, ignore_errors=True)
     n, dim = vectors.shape
     texts = synthetic.texts(n)
     records = [
@@ -108,7 +113,7 @@ def build(vectors: np.ndarray, work: Path) -> tuple[Manifest, float]:
         builder_version="bench",
     )
     build_s = time.perf_counter() - started
-    (work / "artifact-build.json").write_text(json.dumps({"build_s": build_s}))
+    built.write_text(json.dumps({"build_s": build_s, "layout": ivf.CONTIGUOUS}))
     return manifest, build_s
 
 
@@ -223,9 +228,11 @@ def recalls(
     queries: np.ndarray,
     truth: np.ndarray,
     probes: int,
+    warm_probes: int | None,
     restore: dict[str, float],
 ) -> dict[str, Any]:
-    """Recall@10 of the cold path (and its reads per query) and of the warm path, in process."""
+    """Recall@10 of the cold path (and its reads per query) and of the warm path (``warm_probes``
+    nearest partitions, or exact), in process."""
     from functions.catalog import fetch_artifact
     from functions.cold import ColdIndex
     from functions.s3 import S3Store
@@ -239,12 +246,12 @@ def recalls(
         found = []
         for query in queries:
             exact, norm = checked_query(query, cold.dim, K)
-            found.append([hit.row for hit in cold.search(exact, norm, K)])
+            found.append([_row(hit) for hit in cold.search(exact, norm, K)])
             cold.close()  # every query cold: no partition kept from the one before
         cold_gets, cold_bytes = cold.gets / len(queries), cold.bytes / len(queries)
         cache = Path(tempfile.mkdtemp(prefix="cold-recall-"))
-        warm = SearchIndex(fetch_artifact(store, manifest, cache))
-        warm_found = [[hit.row for hit in warm.search(query, K)] for query in queries]
+        warm = SearchIndex(fetch_artifact(store, manifest, cache), probes=warm_probes)
+        warm_found = [[_row(hit) for hit in warm.search(query, K)] for query in queries]
         warm.close()
         shutil.rmtree(cache, ignore_errors=True)
     finally:
@@ -256,6 +263,11 @@ def recalls(
         "cold_gets_per_query": cold_gets,
         "cold_bytes_per_query": cold_bytes,
     }
+
+
+def _row(hit: Any) -> int:
+    """The vector's row in the benchmark's data (the artifact orders rows by partition)."""
+    return int(hit.record.id[4:11])
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -272,6 +284,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--bandwidth-mbps", type=float, default=100.0)
     parser.add_argument("--probes", type=int, default=16)
+    parser.add_argument("--warm-search", choices=("auto", "exact", "partitions"), default="auto")
+    parser.add_argument("--warm-probes", type=int, default=96)
     parser.add_argument("--peers", default="ivf_pq,hnsw_sq")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "cold_path.json", help="figures by size"
@@ -300,17 +314,24 @@ def main() -> None:
                 "RAG_INDEX": "stable",
                 "RAG_LLM_PROVIDER": "none",
                 "RAG_ON_DEMAND_PROBES": str(args.probes),
+                "RAG_WARM_SEARCH": args.warm_search,
+                "RAG_WARM_PROBES": str(args.warm_probes),
                 "OLLAMA_HOST": ollama,
             }
             runs = [
                 ours(env, server, arrays["truth"], args.queries, work) for _ in range(args.repeat)
             ]
         knobs = {"latency_s": args.latency_ms / 1000, "bandwidth": args.bandwidth_mbps * 1e6}
-        quality = recalls(server, manifest, arrays["queries"], arrays["truth"], args.probes, knobs)
+        warm_probes = backends.warm_probes(n, args.warm_search, args.warm_probes)
+        quality = recalls(
+            server, manifest, arrays["queries"], arrays["truth"], args.probes, warm_probes, knobs
+        )
         results["knative-rag"] = {
             "median": {**medians(runs), **quality},
             "runs": runs,
             "probes": args.probes,
+            "warm_search": "exact" if warm_probes is None else "partitions",
+            "warm_probes": warm_probes,
             "partitions": _partitions(manifest),
             "artifact_bytes": sum(entry.size for entry in manifest.files.values()),
             "build_s": build_s,

@@ -210,6 +210,7 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 "timings_s": {name: round(value, 4) for name, value in loader.timings.items()},
                 "reloads": dict(loader.reloads),
                 **({"serving_from": tier} if tier else {}),
+                **({"search": mode} if (mode := getattr(service.index, "mode", None)) else {}),
                 **({"on_demand_reads": {"gets": cold.gets, "bytes": cold.bytes}} if cold else {}),
             }
         )

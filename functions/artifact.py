@@ -87,6 +87,7 @@ PROBE_TEXT = (
 )
 _HASH_BYTES = 16
 BLOCK_SIZE = 8 * 1024 * 1024
+_WRITE_ROWS = 65536
 _IDS_PREFIX = 512  # bytes of a docstore line read for its ids; a longer id parses the line
 
 
@@ -251,8 +252,22 @@ def write_artifact(
     """
     if vectors.shape != (len(records), embedding.dim) or len(hashes) != len(records):
         raise ValueError("vectors, records and hashes must be row-aligned")
+    nlist = ivf.partitions(len(records)) if partitions is None else min(partitions, len(records))
+    planned = None
+    if nlist:  # rows partition by partition (ivf layout 1): a partition is a slice of each file
+        centroids, nearest, order = ivf.plan(vectors, nlist)
+        records = [records[row] for row in order.tolist()]
+        hashes = [hashes[row] for row in order.tolist()]
+        planned = centroids, nearest[order]
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.ascontiguousarray(vectors, dtype="<f4").tofile(out_dir / "vectors.f32")
+    with (out_dir / "vectors.f32").open("wb") as handle:
+        for start in range(0, len(records), _WRITE_ROWS):  # in blocks: no second copy of all
+            rows = (
+                slice(start, start + _WRITE_ROWS)
+                if planned is None
+                else order[start : start + _WRITE_ROWS]
+            )
+            np.ascontiguousarray(vectors[rows], dtype="<f4").tofile(handle)
     offsets = np.zeros(len(records) + 1, dtype="<u8")
     with (out_dir / "docstore.jsonl").open("wb") as handle:
         for row, record in enumerate(records):
@@ -273,11 +288,11 @@ def write_artifact(
     (out_dir / "columns.json").write_text(json.dumps(values, ensure_ascii=False))
     codes.tofile(out_dir / "columns.i32")
     (out_dir / "hashes.bin").write_bytes(b"".join(hashes))
-    nlist = ivf.partitions(len(records)) if partitions is None else partitions
     names: tuple[str, ...] = DATA_FILES
     if nlist:
         docstore = np.fromfile(out_dir / "docstore.jsonl", dtype="u1")
-        ivf.write_partitions(out_dir, vectors, offsets, docstore, min(nlist, len(records)))
+        written = _map(out_dir / "vectors.f32", "<f4", (len(records), embedding.dim))
+        ivf.write_partitions(out_dir, written, offsets, docstore, nlist, planned=planned)
         names += OPTIONAL_FILES
 
     files = {}
@@ -332,6 +347,11 @@ class Artifact:
             paths["columns.i32"], "<i4", (len(self.columns), n)
         )
         self.hashes: npt.NDArray[np.void] = _map(paths["hashes.bin"], f"V{_HASH_BYTES}", (n,))
+        # The partition index's head, where the artifact has one (and it was fetched): with
+        # layout 1, the in-memory search can score the nearest partitions only.
+        self.head: ivf.Head | None = None
+        if ivf.HEAD in paths:
+            self.head = ivf.Head.parse(paths[ivf.HEAD].read_bytes(), rows=n, dim=dim)
         self._ids: tuple[list[str], list[str]] | None = None
 
     def __len__(self) -> int:

@@ -8,7 +8,8 @@ search (``open``). What it opens is a ``Searcher``: top-k search with the filter
 Nothing above this seam knows which backend serves.
 
 - ``ArtifactBackend``: the index artifact, downloaded from the object store, verified and
-  memory-mapped; exact search (``search``). For a corpus one replica can hold. From a remote
+  memory-mapped; exact search, or by the nearest partitions from 250,000 chunks up
+  (``search``). For a corpus one replica can hold. From a remote
   store, an index with a partition index is answered on demand by ranged reads until it has
   arrived (``tiered``), so the cold start does not grow with the corpus.
 - ``functions.elastic.ElasticsearchBackend``: the index loaded into Elasticsearch by the builder;
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +38,20 @@ from .search import Hit, SearchIndex
 from .storage import LocalStore, Store
 from .tiered import TieredSearcher
 
-__all__ = ["ArtifactBackend", "Backend", "Located", "Searcher"]
+__all__ = [
+    "PARTITIONS_FROM_CHUNKS",
+    "ArtifactBackend",
+    "Backend",
+    "Located",
+    "Searcher",
+    "warm_probes",
+]
 
 MiB = 1024 * 1024
+# From here up an exact query reads enough memory to matter: in process here, 15 ms at 100k x
+# 768 and 190 ms at 1M (linear in the rows), against 18 ms for the 96 nearest of 1,000
+# partitions at 1M, recall@10 0.99 (bench/cold_path.py). Below it, exact costs little.
+PARTITIONS_FROM_CHUNKS = 250_000
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,10 @@ class ArtifactBackend:
     ``budget``: the largest index (bytes, the files it downloads) this process may hold; None
     for none. ``on_demand``: answer from the store by ranged reads while an index downloads,
     where it has a partition index and the store is remote, reading ``probes`` partitions a
-    query (``cold``).
+    query (``cold``). ``warm_search``: how the index in memory answers a query without
+    filters: ``exact``, ``partitions`` (its ``warm_probes`` nearest partitions, where the
+    artifact lays its rows out by partition) or ``auto`` (partitions from
+    ``PARTITIONS_FROM_CHUNKS`` up).
     """
 
     name = "artifact"
@@ -124,6 +139,8 @@ class ArtifactBackend:
         budget: int | None = None,
         on_demand: bool = True,
         probes: int = 16,
+        warm_search: Literal["auto", "exact", "partitions"] = "auto",
+        warm_probes: int = 96,
     ) -> None:
         self._open_store = store
         self._store: Store | None = None
@@ -132,6 +149,8 @@ class ArtifactBackend:
         self.budget = budget
         self.on_demand = on_demand
         self.probes = probes
+        self.warm_search = warm_search
+        self.warm_probes = warm_probes
 
     @property
     def store(self) -> Store:
@@ -181,9 +200,12 @@ class ArtifactBackend:
         artifact = fetch_artifact(self.store, manifest, self.cache_dir)
         timings["fetch_and_verify"] = time.perf_counter() - step
         step = time.perf_counter()
-        index = SearchIndex(artifact)
+        index = SearchIndex(artifact, probes=self._warm_probes(manifest))
         timings["map"] = time.perf_counter() - step
         return index
+
+    def _warm_probes(self, manifest: Manifest) -> int | None:
+        return warm_probes(manifest.counts.chunks, self.warm_search, self.warm_probes)
 
     def retire(self, searcher: Searcher) -> None:
         """Stop the index's search thread; free its downloaded files in the cache (memory on
@@ -198,6 +220,14 @@ class ArtifactBackend:
 
     def close(self) -> None:
         """Nothing to close: the store's client needs none."""
+
+
+def warm_probes(chunks: int, search: str, probes: int) -> int | None:
+    """The partitions a query scores in memory in an index of ``chunks`` with RAG_WARM_SEARCH
+    ``search`` and RAG_WARM_PROBES ``probes``; None: every row (exact)."""
+    if search == "auto":
+        search = "partitions" if chunks >= PARTITIONS_FROM_CHUNKS else "exact"
+    return probes if search == "partitions" else None
 
 
 def require_store_uri(store_uri: str | None) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from . import ivf
 from .artifact import DATA_FILES, MANIFEST, Artifact, Manifest, parse_manifest, verify_file
 from .errors import ConfigurationError, IntegrityError, ObjectNotFound
 from .storage import Store
@@ -153,7 +154,8 @@ def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifac
     try:
         # Files download and hash in parallel: hashlib and socket reads release the GIL.
         with ThreadPoolExecutor(max_workers=_FETCH_THREADS, thread_name_prefix="fetch") as pool:
-            paths = dict(zip(DATA_FILES, pool.map(fetch, DATA_FILES), strict=True))
+            names = DATA_FILES + ((ivf.HEAD,) if ivf.HEAD in manifest.files else ())
+            paths = dict(zip(names, pool.map(fetch, names), strict=True))
         return Artifact(manifest, paths)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)

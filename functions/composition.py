@@ -99,6 +99,8 @@ def make_backend(settings: Settings, *, store: Store | None = None) -> Backend:
         budget=budget,
         on_demand=settings.on_demand == "auto",
         probes=settings.on_demand_probes,
+        warm_search=settings.warm_search,
+        warm_probes=settings.warm_probes,
     )
 
 

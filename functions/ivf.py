@@ -18,6 +18,14 @@ manifest like them (a reader that does not know them downloads what it knows and
                 Each partition is checked against its sha256 in the head as it arrives; each
                 row and record read from the other files by range, against its digest here.
 
+The header's layout field says how the artifact's rows are ordered. Layout 1 (``CONTIGUOUS``,
+what the builder writes): the builder puts each partition's rows next to each other, partition
+after partition, in every row-aligned file (vectors, docstore, columns, hashes), so partition p
+is the rows ``starts[p]`` to ``starts[p + 1]`` (``Head.starts``). The in-memory search then
+scores a partition by one matrix product on a slice of the mapped vectors, reading only the
+probed partitions' pages (``search``). Layout 0: rows in any order (the first writers); readers
+that predate the field ignore it, as they ignore the header's padding.
+
 So every byte a cold query uses is verified, through a chain that starts at the manifest: the
 manifest's hash of ivf.head, the head's hash of a partition, the partition's hash of a row or
 record. The int8 codes only shortlist; hits are ranked on the stored float32 rows, exactly as the
@@ -42,6 +50,7 @@ import numpy.typing as npt
 from .errors import IntegrityError
 
 __all__ = [
+    "CONTIGUOUS",
     "HEAD",
     "MIN_ROWS",
     "PARTS",
@@ -51,6 +60,7 @@ __all__ = [
     "digest",
     "kmeans",
     "partitions",
+    "plan",
     "write_partitions",
 ]
 
@@ -60,7 +70,9 @@ MIN_ROWS = 4096  # below this the whole index downloads in a blink: no partition
 _MAGIC = b"knrag-ivf"
 _VERSION = 1
 _CODEC_INT8 = 1
-_HEADER = struct.Struct("<10sHIIQI34x")  # magic, version, nlist, dim, rows, codec: 64 bytes
+CONTIGUOUS = 1  # layout: partition p is rows starts[p] to starts[p + 1] of every file
+# magic, version, nlist, dim, rows, codec, layout: 64 bytes
+_HEADER = struct.Struct("<10sHIIQII30x")
 _DIGEST = 16
 _ROW_FIXED = 4 + 4 + 16 + 2 * _DIGEST  # bytes a row takes besides its codes
 _ASSIGN_BLOCK = 32768
@@ -86,6 +98,22 @@ class Head:
     centroids: npt.NDArray[np.float32]
     bounds: npt.NDArray[np.uint64]
     sha256: list[bytes]
+    layout: int = 0
+
+    @property
+    def sizes(self) -> npt.NDArray[np.int64]:
+        """Rows in each partition."""
+        bounds = self.bounds.astype(np.int64)
+        widths: npt.NDArray[np.int64] = bounds[1:] - bounds[:-1]
+        return widths // (_ROW_FIXED + self.dim)
+
+    @property
+    def starts(self) -> npt.NDArray[np.int64] | None:
+        """The first row of each partition, and the row count last (nlist + 1 values), where
+        the rows are contiguous by partition (layout 1); else None."""
+        if self.layout != CONTIGUOUS:
+            return None
+        return np.concatenate([[0], np.cumsum(self.sizes)])
 
     @property
     def nlist(self) -> int:
@@ -98,7 +126,7 @@ class Head:
         the index it claims to index."""
         if len(data) < _HEADER.size:
             raise IntegrityError(f"{HEAD}: {len(data)} bytes, shorter than its header")
-        magic, version, nlist, head_dim, head_rows, codec = _HEADER.unpack_from(data)
+        magic, version, nlist, head_dim, head_rows, codec, layout = _HEADER.unpack_from(data)
         if magic != _MAGIC.ljust(10, b"\0") or version != _VERSION or codec != _CODEC_INT8:
             raise IntegrityError(f"{HEAD}: not a version {_VERSION} int8 partition index")
         if (head_rows, head_dim) != (rows, dim):
@@ -111,7 +139,16 @@ class Head:
         if len(data) != at + 32 * nlist:
             raise IntegrityError(f"{HEAD}: {len(data)} bytes, expected {at + 32 * nlist}")
         sha256 = [data[at + 32 * p : at + 32 * (p + 1)] for p in range(nlist)]
-        return cls(rows, dim, centroids, bounds, sha256)
+        signed = bounds.astype(np.int64)
+        widths: npt.NDArray[np.int64] = signed[1:] - signed[:-1]
+        if bounds[0] != 0 or np.any(widths < 0) or np.any(widths % (_ROW_FIXED + dim)):
+            raise IntegrityError(f"{HEAD}: partition bounds are not whole rows")
+        head = cls(rows, dim, centroids, bounds, sha256, layout)
+        if layout == CONTIGUOUS and int(head.sizes.sum()) != rows:
+            raise IntegrityError(
+                f"{HEAD}: partitions hold {int(head.sizes.sum())} rows, not {rows}"
+            )
+        return head
 
     def span(self, p: int) -> tuple[int, int]:
         """Partition ``p``'s byte range in ivf.parts: [start, end)."""
@@ -210,6 +247,17 @@ def _nearest(
     return nearest, best
 
 
+def plan(
+    vectors: npt.NDArray[np.float32], nlist: int, *, seed: int = 0
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The centroids of ``nlist`` partitions, each row's partition, and the order that makes
+    every partition's rows contiguous (partition after partition, rows in their order within
+    one): the builder writes the rows in that order (layout 1)."""
+    centroids = kmeans(vectors, nlist, seed=seed)
+    nearest = assign(vectors, centroids)
+    return centroids, nearest, np.argsort(nearest, kind="stable")
+
+
 def write_partitions(
     out_dir: Path,
     vectors: npt.NDArray[np.float32],
@@ -218,13 +266,20 @@ def write_partitions(
     nlist: int,
     *,
     seed: int = 0,
+    planned: tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]] | None = None,
 ) -> None:
     """Write ivf.head and ivf.parts for row-aligned ``vectors`` and docstore (``offsets``: the
-    chunks + 1 record offsets into ``docstore``'s bytes)."""
+    chunks + 1 record offsets into ``docstore``'s bytes). ``planned``: the centroids and each
+    row's partition, as ``plan`` chose them; with the rows in its order, the head says so
+    (layout 1)."""
     n, dim = vectors.shape
-    centroids = kmeans(vectors, nlist, seed=seed)
-    nearest = assign(vectors, centroids)
+    if planned is None:
+        centroids = kmeans(vectors, nlist, seed=seed)
+        nearest = assign(vectors, centroids)
+    else:
+        centroids, nearest = planned
     order = np.argsort(nearest, kind="stable")
+    layout = CONTIGUOUS if bool(np.all(np.diff(nearest) >= 0)) else 0
     counts = np.bincount(nearest, minlength=nlist)
     bounds = np.zeros(nlist + 1, dtype="<u8")
     sha256: list[bytes] = []
@@ -237,7 +292,7 @@ def write_partitions(
             out.write(data)
             sha256.append(hashlib.sha256(data).digest())
             bounds[p + 1] = bounds[p] + len(data)
-    header = _HEADER.pack(_MAGIC, _VERSION, nlist, dim, n, _CODEC_INT8)
+    header = _HEADER.pack(_MAGIC, _VERSION, nlist, dim, n, _CODEC_INT8, layout)
     (out_dir / HEAD).write_bytes(
         header
         + np.ascontiguousarray(centroids, "<f4").tobytes()

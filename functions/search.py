@@ -25,6 +25,13 @@ rows it does not admit get the score -inf: the matrix is never copied. One that 
 rows gathers them (a copy of those rows only) and scores them alone, which reads less. Either
 way the shortlist holds the rows within the error margin of the k-th best admitted score, and
 the exact second pass ranks them: the ranking does not depend on the path.
+
+With ``probes`` (an artifact whose rows lie partition by partition: ``ivf`` layout 1), a query
+without filters or ids is scored against the ``probes`` partitions whose centroids are nearest
+to it, one slice of the mapped matrix each, instead of every row: it reads those pages only
+(about probes / partitions of the matrix), and the same exact second pass ranks what they hold.
+The answer is the exact one wherever the exact top k lie in those partitions, which
+bench/cold_path.py measures (recall once warm). Filtered and id-restricted queries stay exact.
 """
 
 from __future__ import annotations
@@ -86,11 +93,17 @@ class Hit:
 class SearchIndex:
     """Exact cosine search over an artifact's memory-mapped vectors, micro-batched."""
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, *, probes: int | None = None) -> None:
         self.artifact = artifact
         self.vectors = artifact.vectors
         self.dim = artifact.manifest.embedding.dim
         self.filters = Filters(artifact)
+        head = artifact.head
+        starts = head.starts if head is not None else None
+        # Score only the nearest ``probes`` partitions: where asked, and where they are slices.
+        self.probes = min(probes, head.nlist) if probes and head and starts is not None else None
+        self._centroids = head.centroids if head is not None else None
+        self._starts = starts
         # |float32 score - exact cosine| <= (2 dim + 4) u for unit rows and query (dot product,
         # query rounding, row norm); twice that keeps every row that could make the exact top k.
         self._margin = (4 * self.dim + 16) * _UNIT_ROUNDOFF
@@ -134,7 +147,16 @@ class SearchIndex:
         rows = None
         if admitted is not None and int(np.count_nonzero(admitted)) < _GATHER_BELOW * len(self):
             rows, admitted = np.flatnonzero(admitted), None
-        job = _Job((exact / norm).astype(np.float32), top_k, admitted, rows, self._margin, Future())
+        nearest = self.probes is not None and admitted is None and rows is None
+        job = _Job(
+            (exact / norm).astype(np.float32),
+            top_k,
+            admitted,
+            rows,
+            self._margin,
+            Future(),
+            nearest,
+        )
         with self._lock:
             queued = not self._closed
             if queued:
@@ -185,9 +207,17 @@ class SearchIndex:
                 batch.append(job)
             self._answer(batch)
 
+    @property
+    def mode(self) -> str:
+        """How a query without filters is scored: ``exact`` (every row) or ``partitions``."""
+        return "exact" if self.probes is None else "partitions"
+
     def _answer(self, batch: list[_Job]) -> None:
-        shared = [job for job in batch if job.rows is None]
+        shared = [job for job in batch if job.rows is None and not job.nearest]
+        nearest = [job for job in batch if job.nearest]
         try:
+            if nearest:
+                self._answer_nearest(nearest)
             if shared:
                 scores = np.stack([job.query for job in shared]) @ self.vectors.T
                 for job, row in zip(shared, scores, strict=True):
@@ -203,6 +233,36 @@ class SearchIndex:
             for job in batch:
                 if not job.result.done():
                     job.result.set_exception(exc)
+
+    def _answer_nearest(self, batch: list[_Job]) -> None:
+        """Score each query against the slices of its nearest partitions only."""
+        assert self.probes is not None
+        assert self._centroids is not None
+        assert self._starts is not None
+        starts = self._starts
+        near = np.stack([job.query for job in batch]) @ self._centroids.T
+        nlist = near.shape[1]
+        for job, row in zip(batch, near, strict=True):
+            picked = (
+                np.argpartition(-row, self.probes - 1)[: self.probes]
+                if self.probes < nlist
+                else np.arange(nlist)
+            )
+            spans: list[list[int]] = []
+            for p in np.sort(picked).tolist():  # in row order; neighbours merge into one slice
+                start, end = int(starts[p]), int(starts[p + 1])
+                if start == end:
+                    continue
+                if spans and spans[-1][1] == start:
+                    spans[-1][1] = end
+                else:
+                    spans.append([start, end])
+            if not spans:
+                job.result.set_result(np.empty(0, dtype=np.intp))
+                continue
+            scores = np.concatenate([self.vectors[s:e] @ job.query for s, e in spans])
+            rows = np.concatenate([np.arange(s, e, dtype=np.intp) for s, e in spans])
+            job.result.set_result(_shortlist(scores, job, rows))
 
     def mask(self, where: FilterGroup) -> npt.NDArray[np.bool_]:
         """The rows a filter admits."""
@@ -258,6 +318,7 @@ class _Job:
     rows: npt.NDArray[np.intp] | None  # or only these rows scored (a copy of them)
     margin: float
     result: Future[npt.NDArray[np.intp]]
+    nearest: bool = False  # scored against the nearest partitions only
 
 
 def _shortlist(

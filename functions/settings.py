@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         le=4096,
         description="Partitions a query reads on demand: more = better recall, more bytes.",
     )
+    warm_search: Literal["auto", "exact", "partitions"] = Field(
+        "auto",
+        description="How the index in memory answers a query without filters: exact = every "
+        "vector; partitions = the RAG_WARM_PROBES nearest partitions, re-ranked exactly (an "
+        "index with a partition index); auto = partitions from 250,000 chunks up, else exact.",
+    )
+    warm_probes: int = Field(
+        96,
+        ge=1,
+        le=65536,
+        description="Partitions a query scores in memory with RAG_WARM_SEARCH=partitions: more "
+        "= better recall, more time.",
+    )
     max_index_mb: int | None = Field(
         None,
         ge=1,

@@ -5,9 +5,9 @@ head is read, and downloads the whole artifact in the background meanwhile. The 
 once the first query has been answered (a function scaled from zero is woken by a request: that
 request comes first), or ``warm_after_s`` after opening, whichever is sooner (the web server
 may still be importing for a second or two after the index opened: the timer must not beat it).
-When every file has arrived and matched the manifest, the in-memory exact search takes over by
-one assignment: a query already on the cold path finishes there, every later one is answered
-from memory. Nothing pauses.
+When every file has arrived and matched the manifest, the in-memory search (exact, or by the
+nearest partitions: ``search``) takes over by one assignment: a query already on the cold path
+finishes there, every later one is answered from memory. Nothing pauses.
 
 A query the cold path cannot answer (``NeedsWarm``: node or document ids, a filter that admits too
 few rows near the query) waits for the download, up to ``wait_s``. If the download fails for good
@@ -78,6 +78,13 @@ class TieredSearcher:
     def tier(self) -> Literal["on_demand", "memory"]:
         """Where queries are answered from now."""
         return "memory" if self._warm is not None else "on_demand"
+
+    @property
+    def mode(self) -> str:
+        """How a query without filters is answered: ``on_demand``, then the index in memory's
+        mode (``exact`` or ``partitions``)."""
+        warm = self._warm
+        return "on_demand" if warm is None else warm.mode
 
     @property
     def cold(self) -> ColdIndex:

@@ -30,7 +30,8 @@ def random_artifact(
 ) -> tuple[Artifact, np.ndarray]:
     """An artifact of ``n`` random unit vectors with metadata ``colour``, ``rank``, ``even``.
 
-    Returns the mapped artifact and the float64 vectors it was written from.
+    Returns the mapped artifact and the float64 vectors it was written from, row for row: it
+    has no partition index (which would order the rows by partition).
     """
     rng = np.random.default_rng(seed)
     vectors = normalize(rng.standard_normal((n, dim)))
@@ -59,6 +60,7 @@ def random_artifact(
         probe=Probe(text=PROBE_TEXT, vector=[float(x) for x in vectors[0]]),
         created_at=datetime(2026, 11, 27, 8, 15, 0, tzinfo=UTC),
         builder_version="test",
+        partitions=0,
     )
     return open_dir(directory, manifest), vectors.astype(np.float64)
 

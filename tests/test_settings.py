@@ -38,6 +38,8 @@ def test_defaults() -> None:
         "download_concurrency": 8,
         "on_demand": "auto",
         "on_demand_probes": 16,
+        "warm_search": "auto",
+        "warm_probes": 96,
         "max_index_mb": None,
         "startup_timeout_s": 120.0,
         "api_keys": None,
