@@ -1,13 +1,17 @@
 """``make bench``: cold start, query speed and memory of knative-rag against LlamaIndex's default.
 
     python bench/run.py [--sizes 1000,10000,100000,300000] [--repeat 3] [--dim 768]
+                        [--work bench/.work/run] [--out bench/results.json]
 
 Everything runs on this machine over loopback: moto's S3 server (in its own process) holds the
 indexes, the Ollama double (its own process) embeds instantly and answers chat instantly, and
 every cold start spawns ``python -m functions``, the container's command. Indexes up to 10k
 chunks are built by the real builder CLI; larger ones by the builder's own artifact writer and
 publisher from the same corpus and the double's vectors (the CLI's sentence splitting alone
-would take minutes). Writes bench/results.json and bench/results.png.
+would take minutes). On moto a function downloads its index before it answers (moto reads a
+whole object for every ranged GET: answering on demand is bench/cold_path.py's). Writes
+bench/results.json and bench/results.png (``--out`` and the .png beside it); ``--work`` is
+emptied first.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from bench.services import cold_start, moto_server, ollama_double, use_bucket  #
 from functions.catalog import read_manifest  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 
-WORK = ROOT / "bench" / ".work"
+WORK = ROOT / "bench" / ".work" / "run"
 BUCKET = "bench-knative-rag"
 _BACKEND_COLORS = {"artifact": "C0", "elasticsearch": "black"}  # C0: the retrieve-mode line
 
@@ -53,11 +57,11 @@ def machine() -> str:
 
 
 def build(
-    size: int, corpus: list[str], store_uri: str, env: dict[str, str], dim: int
+    size: int, corpus: list[str], store_uri: str, env: dict[str, str], dim: int, work: Path
 ) -> dict[str, Any]:
     started = time.perf_counter()
     if size <= 10_000:
-        source = synthetic.write_files(WORK / f"docs-{size}", corpus)
+        source = synthetic.write_files(work / f"docs-{size}", corpus)
         command = [
             sys.executable,
             "-m",
@@ -77,7 +81,7 @@ def build(
         index_id, how = done.stdout.strip(), "index_builder CLI"
     else:
         index_id = synthetic.publish_synthetic(
-            open_store(store_uri), corpus, dim, WORK / f"artifact-{size}"
+            open_store(store_uri), corpus, dim, work / f"artifact-{size}"
         )
         how = "builder's writer + publisher"
     manifest = read_manifest(open_store(store_uri), "stable")
@@ -99,6 +103,7 @@ def baseline(
     ollama: str,
     dim: int,
     query: str,
+    work: Path,
 ) -> dict[str, Any]:
     """LlamaIndex's default: persist a VectorStoreIndex, upload it; a fresh process loads it."""
     import boto3
@@ -119,7 +124,7 @@ def baseline(
     index = VectorStoreIndex(
         nodes, embed_model=OllamaEmbedding(model_name="nomic-embed-text", base_url=ollama)
     )
-    persist_dir = WORK / f"persist-{size}"
+    persist_dir = work / f"persist-{size}"
     started = time.perf_counter()
     index.storage_context.persist(persist_dir=str(persist_dir))
     persist_s = time.perf_counter() - started
@@ -143,7 +148,7 @@ def baseline(
     result["total_s"] = result["first_result_at"] - spawned_at
     spawned_at = time.time()
     done = subprocess.run(
-        [sys.executable, "bench/baseline.py", "seed", str(WORK / f"docs-{size}"), ollama, query],
+        [sys.executable, "bench/baseline.py", "seed", str(work / f"docs-{size}"), ollama, query],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -255,11 +260,14 @@ def main() -> None:
     parser.add_argument(
         "--load-size", type=int, default=100_000, help="index size for the query load test"
     )
+    parser.add_argument("--work", type=Path, default=WORK, help="emptied, then used")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
+    work: Path = args.work
     sizes = [int(s) for s in args.sizes.split(",")]
     baseline_sizes = {int(s) for s in args.baseline_sizes.split(",") if s}
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     began = time.perf_counter()
     results: dict[str, Any] = {
         "machine": machine(),
@@ -269,7 +277,7 @@ def main() -> None:
         "dim": args.dim,
         "sizes": {},
     }
-    with moto_server(WORK) as s3, ollama_double(WORK, args.dim) as ollama:
+    with moto_server(work) as s3, ollama_double(work, args.dim) as ollama:
         aws = use_bucket(s3, BUCKET)
         env = {
             **os.environ,
@@ -287,11 +295,11 @@ def main() -> None:
         for size in sizes:
             store_uri = f"s3://{BUCKET}/n{size}"
             print(f"{size} chunks: building ...", flush=True)
-            entry = build(size, corpus[:size], store_uri, env, args.dim)
+            entry = build(size, corpus[:size], store_uri, env, args.dim, work)
             function_env = {**env, "RAG_STORE_URI": store_uri}
             entry["cold_start"] = {}
             for mode in ("retrieve", "answer"):
-                runs = [cold_start(function_env, mode, query, WORK) for _ in range(args.repeat)]
+                runs = [cold_start(function_env, mode, query, work) for _ in range(args.repeat)]
                 entry["cold_start"][mode] = {"median": median_runs(runs), "runs": runs}
             median = entry["cold_start"]["retrieve"]["median"]
             entry["load_s"] = median["download_and_verify_s"] + median["map_s"]
@@ -308,7 +316,7 @@ def main() -> None:
             if size in baseline_sizes:
                 print(f"  LlamaIndex baseline at {size} ...", flush=True)
                 entry["baseline"] = baseline(
-                    size, corpus[:size], store_uri, env, ollama, args.dim, query
+                    size, corpus[:size], store_uri, env, ollama, args.dim, query, work
                 )
                 ours = median["total_s"]
                 entry["baseline"]["ratio_persisted_to_ours"] = (
@@ -333,15 +341,15 @@ def main() -> None:
                 )
             results["sizes"][str(size)] = entry
     results["bench_wall_s"] = time.perf_counter() - began
-    saved = ROOT / "bench" / "results.json"
+    saved: Path = args.out
     if saved.exists():  # bench/backends.py's and bench/cold_path.py's entries: their own runs'
         kept = json.loads(saved.read_text())
         for entry in ("backends", "cold_path"):
             if kept.get(entry) is not None:
                 results[entry] = kept[entry]
     saved.write_text(json.dumps(results, indent=2) + "\n")
-    chart(results, ROOT / "bench" / "results.png")
-    print(f"wrote bench/results.json and bench/results.png in {results['bench_wall_s']:.0f} s")
+    chart(results, saved.with_suffix(".png"))
+    print(f"wrote {saved} and its chart in {results['bench_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -91,12 +91,16 @@ def ollama_double(work: Path, dim: int) -> Iterator[str]:
 
 def use_bucket(s3: str, bucket: str) -> dict[str, str]:
     """Point this process's boto3 at moto's server ``s3``, create ``bucket``; returns the AWS_*
-    variables the spawned processes need too."""
+    variables the spawned processes need too, and ``RAG_ON_DEMAND=off``: moto reads a whole
+    object for every ranged GET, so answering on demand is measured on bench/range_s3.py
+    (bench/cold_path.py), and a function on moto downloads its index before it answers (the
+    load path these benchmarks measure)."""
     aws = {
         "AWS_ENDPOINT_URL_S3": s3,
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
+        "RAG_ON_DEMAND": "off",
     }
     os.environ.update(aws)
     import boto3
