@@ -49,7 +49,9 @@ from bench.services import (  # noqa: E402
     free_port,
     moto_server,
     ollama_double,
+    peak_rss_mb,
     request,
+    rss_mb,
     spawned,
     use_bucket,
 )
@@ -71,15 +73,7 @@ BACKENDS = ("artifact", "elasticsearch")
 
 def _memory_mb(pid: int) -> dict[str, float]:
     """The process's resident set now and at its peak (VmRSS, VmHWM)."""
-    fields = dict(
-        line.split(":", 1)
-        for line in Path(f"/proc/{pid}/status").read_text().split("\n")
-        if ":" in line
-    )
-    return {
-        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-        "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024,
-    }
+    return {"rss_mb": rss_mb(pid), "peak_rss_mb": peak_rss_mb(pid)}
 
 
 def _load_average() -> float:

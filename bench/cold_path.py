@@ -14,7 +14,9 @@ Per repeat, a fresh ``python -m functions`` (the container's command) is spawned
 first query until it answers 200: the time from spawn to that answer, and the GETs and bytes the
 store served until then. Then ``/readyz`` is polled until the index is in memory (the time until
 the warm path serves), every query is asked once over HTTP at concurrency 1 (warm latency), and
-the peak RSS is read. Recall@10 of the cold path and of the warm path is measured in this process
+the resident set is read (at the first answer, once warm, at its peak). A second fresh function
+then answers the first query in answer mode (the Ollama double's instant chat: spawn to a
+generated answer, LlamaIndex's import included). Recall@10 of the cold path and of the warm path is measured in this process
 with the function's own code over the same store (``ColdIndex``, ``SearchIndex``), against the
 exact top 10, over all the queries. The Lance peers (``bench/lance_peer.py``) run in the same
 invocation on the same store. Writes the figures to ``--out`` and to results.json's
@@ -52,6 +54,7 @@ from bench.services import (  # noqa: E402
     ollama_double,
     peak_rss_mb,
     request,
+    rss_mb,
     spawned,
 )
 from functions import backends, ivf  # noqa: E402
@@ -190,6 +193,7 @@ def ours(
     with spawned([sys.executable, "-m", "functions"], env, log) as proc:
         payload = first_200(proc, port, body(0), log)
         first_at = time.time()
+        rss_first = rss_mb(proc.pid)
         deadline = time.monotonic() + 120
         first = server.stats()
         while True:
@@ -199,6 +203,7 @@ def ours(
             time.sleep(0.01)
         warm_at = time.time()
         downloaded = server.stats()
+        rss_warm = rss_mb(proc.pid)
         latencies = []
         for i in range(queries):
             started = time.perf_counter()
@@ -217,9 +222,32 @@ def ours(
         "bytes_until_warm": downloaded["bytes"],
         "warm_p50_ms": 1000 * statistics.median(latencies),
         "warm_p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "rss_at_first_answer_mb": rss_first,
+        "rss_when_warm_mb": rss_warm,
         "peak_rss_mb": rss,
         "timings_s": ready.get("timings_s", {}),
     }
+
+
+def answer_first(env: dict[str, str], work: Path) -> dict[str, Any]:
+    """One cold start in answer mode: spawn to the first 200 of a generated answer (the Ollama
+    double's instant chat), which waits for LlamaIndex's import after the index opened."""
+    port = free_port()
+    env = {
+        **env,
+        "PORT": str(port),
+        "RAG_CACHE_DIR": str(work / f"cache-{port}"),
+        "RAG_LLM_PROVIDER": "ollama",
+    }
+    body = json.dumps({"query": "bench query 0", "mode": "answer", "top_k": K}).encode()
+    spawned_at = time.time()
+    log = work / f"function-{port}.log"
+    with spawned([sys.executable, "-m", "functions"], env, log) as proc:
+        payload = first_200(proc, port, body, log)
+        first_at = time.time()
+    shutil.rmtree(env["RAG_CACHE_DIR"], ignore_errors=True)
+    assert json.loads(payload)["answer_type"] == "generated", payload[:300]
+    return {"answer_first_200_s": first_at - spawned_at}
 
 
 def recalls(
@@ -319,7 +347,11 @@ def main() -> None:
                 "OLLAMA_HOST": ollama,
             }
             runs = [
-                ours(env, server, arrays["truth"], args.queries, work) for _ in range(args.repeat)
+                {
+                    **ours(env, server, arrays["truth"], args.queries, work),
+                    **answer_first(env, work),
+                }
+                for _ in range(args.repeat)
             ]
         knobs = {"latency_s": args.latency_ms / 1000, "bandwidth": args.bandwidth_mbps * 1e6}
         warm_probes = backends.warm_probes(n, args.warm_search, args.warm_probes)
