@@ -306,6 +306,6 @@ def test_with_keys_readyz_shows_its_figures_to_key_holders_only(
     summary = {"status": "ready", "index_id": published.index_id}
     assert (anonymous.status_code, anonymous.json()) == (200, summary)
     assert (wrong.status_code, wrong.json()) == (200, summary)
-    figures = {"started_at", "ready_at", "timings_s", "reloads"}
+    figures = {"started_at", "ready_at", "timings_s", "reloads", "search"}
     assert (keyed.status_code, set(keyed.json())) == (200, set(summary) | figures)
     assert (open_.status_code, set(open_.json())) == (200, set(summary) | figures)
