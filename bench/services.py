@@ -114,9 +114,9 @@ def peak_rss_mb(pid: int) -> float:
     return _status_mb(pid, "VmHWM")
 
 
-def rss_mb(pid: int) -> float:
-    """The process's resident set now (VmRSS), MB."""
-    return _status_mb(pid, "VmRSS")
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident set now (VmRSS; or RssAnon, RssFile: its parts), MB."""
+    return _status_mb(pid, field)
 
 
 def _status_mb(pid: int, field: str) -> float:

@@ -38,6 +38,8 @@ def test_the_cold_path_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert {"partition_index", "warm_download"} <= set(run["timings_s"])
     assert 0 < run["rss_at_first_answer_mb"] <= run["peak_rss_mb"]
     assert 0 < run["rss_when_warm_mb"] <= run["peak_rss_mb"]
+    assert run["rss_anon_mb"] > 0
+    assert run["rss_file_mb"] > 0
     assert run["first_200_s"] < run["answer_first_200_s"] < 120  # a generated answer, later
     assert ours["median"]["warm_recall_at_10"] == 1.0
     assert ours["median"]["cold_recall_at_10"] >= 0.8
