@@ -197,7 +197,10 @@ class ArtifactBackend:
 
     def _download(self, manifest: Manifest, timings: dict[str, float]) -> SearchIndex:
         step = time.perf_counter()
-        artifact = fetch_artifact(self.store, manifest, self.cache_dir)
+        # Downloaded files are in the page cache: map their vectors at once. A local store's
+        # files open in place, maybe from a disk: their pages are read as queries need them.
+        downloaded = not isinstance(self.store, LocalStore)
+        artifact = fetch_artifact(self.store, manifest, self.cache_dir, populate=downloaded)
         timings["fetch_and_verify"] = time.perf_counter() - step
         step = time.perf_counter()
         index = SearchIndex(artifact, probes=self._warm_probes(manifest))

@@ -140,8 +140,11 @@ def fetch_file(store: Store, manifest: Manifest, name: str, dest: Path) -> Path:
     return fetched.path
 
 
-def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifact:
-    """Download (or open in place) every data file, verify it, and map the artifact.
+def fetch_artifact(
+    store: Store, manifest: Manifest, cache_dir: Path, *, populate: bool = False
+) -> Artifact:
+    """Download (or open in place) every data file, verify it, and map the artifact
+    (``populate``: its vectors' pages at once, ``Artifact``).
 
     Nothing is returned unless every file matches its manifest entry; a failed fetch leaves no
     partial folder behind.
@@ -156,7 +159,7 @@ def fetch_artifact(store: Store, manifest: Manifest, cache_dir: Path) -> Artifac
         with ThreadPoolExecutor(max_workers=_FETCH_THREADS, thread_name_prefix="fetch") as pool:
             names = DATA_FILES + ((ivf.HEAD,) if ivf.HEAD in manifest.files else ())
             paths = dict(zip(names, pool.map(fetch, names), strict=True))
-        return Artifact(manifest, paths)
+        return Artifact(manifest, paths, populate=populate)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -193,3 +193,15 @@ def test_the_function_serves_partitions_once_in_memory(corpus: Corpus, tmp_path:
     exact = ArtifactBackend(lambda: corpus.store, tmp_path / "local").open(corpus.manifest, {})
     assert isinstance(exact, SearchIndex)
     assert exact.mode == "exact"  # auto, below the threshold
+
+
+def test_downloaded_vectors_are_mapped_at_once_and_read_only(corpus: Corpus) -> None:
+    """A downloaded index maps its vectors with their pages filled in (MAP_POPULATE): the same
+    values, still read-only."""
+    paths = {name: corpus.folder / name for name in corpus.manifest.files}
+    populated = Artifact(corpus.manifest, paths, populate=True)
+    lazy = Artifact(corpus.manifest, paths)
+    np.testing.assert_array_equal(populated.vectors, lazy.vectors)
+    assert not populated.vectors.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        populated.vectors[0, 0] = 1.0
