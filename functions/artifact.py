@@ -255,6 +255,7 @@ def write_artifact(
         raise ValueError("vectors, records and hashes must be row-aligned")
     nlist = ivf.partitions(len(records)) if partitions is None else min(partitions, len(records))
     planned = None
+    order: npt.NDArray[np.intp] | None = None  # rows in the order they are written
     if nlist:  # rows partition by partition (ivf layout 1): a partition is a slice of each file
         centroids, nearest, order = ivf.plan(vectors, nlist)
         records = [records[row] for row in order.tolist()]
@@ -263,11 +264,8 @@ def write_artifact(
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "vectors.f32").open("wb") as handle:
         for start in range(0, len(records), _WRITE_ROWS):  # in blocks: no second copy of all
-            rows = (
-                slice(start, start + _WRITE_ROWS)
-                if planned is None
-                else order[start : start + _WRITE_ROWS]
-            )
+            end = start + _WRITE_ROWS
+            rows = slice(start, end) if order is None else order[start:end]
             np.ascontiguousarray(vectors[rows], dtype="<f4").tofile(handle)
     offsets = np.zeros(len(records) + 1, dtype="<u8")
     with (out_dir / "docstore.jsonl").open("wb") as handle:

@@ -91,7 +91,8 @@ class Hit:
 
 
 class SearchIndex:
-    """Exact cosine search over an artifact's memory-mapped vectors, micro-batched."""
+    """Cosine search over an artifact's memory-mapped vectors, micro-batched: exact, or with
+    ``probes`` over the nearest partitions (see the module docstring)."""
 
     def __init__(self, artifact: Artifact, *, probes: int | None = None) -> None:
         self.artifact = artifact
@@ -101,7 +102,9 @@ class SearchIndex:
         head = artifact.head
         starts = head.starts if head is not None else None
         # Score only the nearest ``probes`` partitions: where asked, and where they are slices.
-        self.probes = min(probes, head.nlist) if probes and head and starts is not None else None
+        self.probes: int | None = None
+        if probes and head is not None and starts is not None:
+            self.probes = min(probes, head.nlist)
         self._centroids = head.centroids if head is not None else None
         self._starts = starts
         # |float32 score - exact cosine| <= (2 dim + 4) u for unit rows and query (dot product,
