@@ -1,7 +1,7 @@
 """``make bench``: cold start, query speed and memory of knative-rag against LlamaIndex's default.
 
     python bench/run.py [--sizes 1000,10000,100000,300000] [--repeat 3] [--dim 768]
-                        [--work bench/.work/run] [--out bench/results.json]
+                        [--work bench/.work/run] [--out bench/results.json] [--no-chart]
 
 Everything runs on this machine over loopback: moto's S3 server (in its own process) holds the
 indexes, the Ollama double (its own process) embeds instantly and answers chat instantly, and
@@ -262,6 +262,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=WORK, help="emptied, then used")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--no-chart", action="store_true", help="no results.png (matplotlib: the bench extra)"
+    )
     args = parser.parse_args()
     work: Path = args.work
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -348,8 +351,9 @@ def main() -> None:
             if kept.get(entry) is not None:
                 results[entry] = kept[entry]
     saved.write_text(json.dumps(results, indent=2) + "\n")
-    chart(results, saved.with_suffix(".png"))
-    print(f"wrote {saved} and its chart in {results['bench_wall_s']:.0f} s")
+    if not args.no_chart:
+        chart(results, saved.with_suffix(".png"))
+    print(f"wrote {saved} in {results['bench_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":
