@@ -62,11 +62,18 @@ def _hash_and_write(fd: int, data: bytes, offset: int) -> str:
 def _client(config: Any) -> S3Client:
     """An S3 client from botocore's session, as boto3 makes it (the standard ``AWS_*``
     configuration and credential chain) without boto3's own session: 0.1 s less of a cold
-    start. boto3 is imported for uploads only (its transfer manager)."""
+    start. boto3 is imported for uploads only (its transfer manager).
+
+    The region: ``AWS_REGION`` where it is set (what Lambda, EKS Pod Identity and the other
+    AWS SDKs use, and what the README and the ConfigMap set), else botocore's own chain
+    (``AWS_DEFAULT_REGION``, the config file). botocore alone ignores ``AWS_REGION``: its
+    client would sign for us-east-1, and the presigned URLs of ranged reads to a bucket in
+    another region would be refused."""
     import botocore.session
 
-    client: S3Client = botocore.session.get_session().create_client(  # type: ignore[assignment]
-        "s3", config=config
+    session = botocore.session.get_session()
+    client: S3Client = session.create_client(  # type: ignore[assignment]
+        "s3", region_name=os.environ.get("AWS_REGION") or None, config=config
     )
     return client
 

@@ -2,7 +2,8 @@
 
 Our own variables carry the ``RAG_`` prefix; where the ecosystem has a variable of its own
 (``PORT``, ``OLLAMA_HOST``, ``K_REVISION``, ``K_SINK`` and boto3's ``AWS_*``) we read that instead.
-boto3 reads ``AWS_ENDPOINT_URL_S3``, ``AWS_REGION`` and the credential variables by itself.
+botocore reads ``AWS_ENDPOINT_URL_S3``, ``AWS_DEFAULT_REGION`` and the credential variables by
+itself; the S3 client takes its region from ``AWS_REGION`` first (``functions.s3``).
 """
 
 from __future__ import annotations

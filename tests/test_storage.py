@@ -246,3 +246,33 @@ def test_s3_unreachable_endpoint_is_a_store_error() -> None:
         S3Store("bucket", client=client).get("channels/stable.json")
     assert type(caught.value) is StoreError
     assert "EndpointConnectionError" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("variables", "region"),
+    [
+        ({"AWS_REGION": "eu-west-2"}, "eu-west-2"),
+        ({"AWS_REGION": "eu-west-2", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-2"),
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+    ],
+    ids=["aws-region", "aws-region-first", "botocore-default"],
+)
+def test_the_client_signs_for_the_configured_region(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], region: str
+) -> None:
+    """botocore alone ignores AWS_REGION (the variable the README, the ConfigMap, Lambda and
+    the other AWS SDKs use): the client signed for us-east-1, and the presigned URLs of the
+    on-demand reads were refused by a bucket in another region."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    store = S3Store("bucket")
+    assert store.client.meta.region_name == region
+    url = store.client.generate_presigned_url(
+        "get_object", Params={"Bucket": "bucket", "Key": "k"}, ExpiresIn=60
+    )
+    assert f"%2F{region}%2Fs3%2Faws4_request" in url
