@@ -6,6 +6,9 @@ answer is a lost race. Downloads hash each block as it arrives. With ``download_
 a file is fetched as parallel ranged GETs, one block each, written in place with ``pwrite`` —
 what real S3 needs, since one connection carries about 100 MB/s; with 1 it is one streaming GET
 (best where one stream is fast and ranges are not, e.g. an S3 double on loopback).
+
+Over 400 lines: every S3 error meaning (lost race, missing bucket, throttling, wrong region) is
+translated here, next to the calls that meet it, so no other module needs botocore's errors.
 """
 
 from __future__ import annotations
