@@ -446,12 +446,15 @@ class _Handler(BaseHTTPRequestHandler):
                 and (wait := started + (sent + len(data)) / bandwidth - time.monotonic()) > 0
             ):
                 time.sleep(wait)
+            # counted before the write: once the client holds the bytes, a stats request it
+            # sends next must see them (the write returns after the client may have read them)
+            state.sent(key, len(data))
             try:
                 self.wfile.write(data)
-            except OSError:  # the client went away
+            except OSError:  # the client went away: what it did not get is not counted
+                state.sent(key, -len(data))
                 break
             sent += len(data)
-            state.sent(key, len(data))
         if sent < length:
             self.close_connection = True
 
