@@ -78,9 +78,13 @@ def make_backend(settings: Settings, *, store: Store | None = None) -> Backend:
 
     if settings.retrieval == "hybrid":
         raise ConfigurationError(
-            "RAG_RETRIEVAL=hybrid needs RAG_BACKEND=elasticsearch: an artifact holds no text "
-            "index to match words on"
+            "RAG_RETRIEVAL=hybrid needs RAG_BACKEND=elasticsearch: an artifact or a PostgreSQL "
+            "table holds no text index to match words on"
         )
+    if settings.backend == "postgres":
+        from .postgres import PostgresBackend
+
+        return PostgresBackend.from_settings(settings)
 
     def open_configured() -> Store:
         if store is not None:

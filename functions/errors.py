@@ -29,6 +29,9 @@ used, with ``raise ... from exc``.
     ├── ElasticsearchError         502  Elasticsearch failed or refused an operation
     │   └── ElasticsearchUnavailable 503  unreachable, overloaded (429, 5xx), an index gone
     │       └── ElasticsearchTimeout 504  Elasticsearch did not answer in time
+    ├── PostgresError              502  PostgreSQL failed or refused an operation
+    │   └── PostgresUnavailable    503  unreachable, too many connections, an index gone
+    │       └── PostgresTimeout    504  PostgreSQL did not answer in time
     └── UpstreamError              503  the embedding model or LLM server failed (Retry-After)
         └── UpstreamTimeout        504  the embedding model or LLM server did not answer in time
 """
@@ -51,6 +54,9 @@ __all__ = [
     "ModelMismatch",
     "NotReady",
     "ObjectNotFound",
+    "PostgresError",
+    "PostgresTimeout",
+    "PostgresUnavailable",
     "RagError",
     "StoreError",
     "UnsupportedEventFormat",
@@ -240,6 +246,28 @@ class ElasticsearchTimeout(ElasticsearchUnavailable):
 
     status = 504
     title = "Elasticsearch timed out"
+
+
+class PostgresError(RagError):
+    """PostgreSQL failed or refused an operation: credentials, a missing extension, a load."""
+
+    status = 502
+    title = "PostgreSQL error"
+
+
+class PostgresUnavailable(PostgresError):
+    """PostgreSQL is unreachable, out of connections, or the index went away; retry shortly."""
+
+    status = 503
+    title = "PostgreSQL unavailable"
+    transient = True
+
+
+class PostgresTimeout(PostgresUnavailable):
+    """PostgreSQL did not answer within RAG_POSTGRES_TIMEOUT_S."""
+
+    status = 504
+    title = "PostgreSQL timed out"
 
 
 class UpstreamError(RagError):

@@ -4,7 +4,8 @@
 runtime installed), so it sees every record, whoever logged it: our modules, uvicorn, botocore,
 httpx. It removes
 
-- the values of known secrets: the API keys, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``;
+- the values of known secrets: the API keys, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+  ``PGPASSWORD``;
 - credentials written into URLs (``https://user:password@host``);
 - bearer tokens, JWTs and ``X-API-Key`` / ``password`` / ``secret`` / ``token`` values;
 
@@ -50,7 +51,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
 }  # fmt: skip
 
 REDACTED = "[REDACTED]"
-_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
 _SHORTEST_SECRET = 6  # shorter values would blank out ordinary words
 _TRACEBACK_AT = "_traceback_at"  # a record's attribute (private: not a JSON field)
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.

@@ -32,11 +32,12 @@ class Settings(BaseSettings):
         None, description="Builder: the documents, a folder or s3://bucket/prefix."
     )
     index: str = Field("stable", description="Channel name to follow, or an index id to pin.")
-    backend: Literal["artifact", "elasticsearch"] = Field(
+    backend: Literal["artifact", "elasticsearch", "postgres"] = Field(
         "artifact",
         description="Where the function's vectors live: artifact = downloaded from the store "
         "and held in memory; elasticsearch = the index the builder loaded into "
-        "RAG_ELASTICSEARCH_URL, nothing downloaded.",
+        "RAG_ELASTICSEARCH_URL; postgres = the table the builder loaded into PostgreSQL "
+        "(RAG_POSTGRES_DSN or the PG* variables); nothing downloaded for either.",
     )
     retrieval: Literal["dense", "hybrid"] = Field(
         "dense",
@@ -258,6 +259,34 @@ class Settings(BaseSettings):
         description="kNN candidates per segment a search considers (at least top_k): recall "
         "against cost. Recall@10 0.99 on uniform random 768-d vectors needs 1000 at 10k chunks, "
         "5000 at 100k (bench/elasticsearch_recall.py); raise it with the corpus.",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None,
+        description="The PostgreSQL (with pgvector) that the builder loads published indexes "
+        "into (--postgres) and that RAG_BACKEND=postgres serves from: a libpq connection string "
+        "or postgresql:// URI; empty = libpq's own PGHOST, PGUSER, PGPASSWORD... Never logged.",
+    )
+    postgres_schema: str = Field(
+        "knative_rag",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the indexes (one table each), their facts and the "
+        "channels' pointers; the builder and the function must agree.",
+    )
+    postgres_pool_size: int = Field(
+        4, ge=1, le=64, description="Most PostgreSQL connections one function process holds."
+    )
+    postgres_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Connecting, waiting for a pooled connection and each statement, seconds "
+        "(a search past it is 504).",
+    )
+    postgres_ef_search: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="hnsw.ef_search of unfiltered searches (at least top_k): recall against "
+        "cost. Filtered and id-restricted searches are exact.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["auto", "json", "text"] = Field(

@@ -5,8 +5,8 @@ while we worked (a concurrent publisher won the compare-and-swap; nothing was ov
 
 Over 400 lines: it is the one place where the five commands' options, their defaults from the
 settings and their output (the summary table, list's and gc's reports for the store and for
-Elasticsearch) are written, which a user reads as one ``--help``; the work itself is in ``job``,
-``publish`` and ``elastic``.
+Elasticsearch or PostgreSQL) are written, which a user reads as one ``--help``; the work itself is
+in ``job``, ``publish``, ``elastic`` and ``postgres``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from .publish import catalog, collect_garbage, load, promote
 
 if TYPE_CHECKING:
     from .elastic import Cluster, LoadedIndex
+    from .postgres import Database, LoadedTable
+
+    Mirror = Cluster | Database
 
 EXIT_FAILED = 1
 EXIT_CONFLICT = 3
@@ -74,9 +77,16 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "(default: $RAG_ELASTICSEARCH_URL; credentials only from the environment)"
     )
     parser.add_argument("--elasticsearch", default=settings.elasticsearch_url, help=es_help)
+    pg_help = (
+        "PostgreSQL (with pgvector) connection string: load indexes there and move channels' "
+        "rows (default: $RAG_POSTGRES_DSN; postgresql:// alone takes libpq's PG* variables)"
+    )
+    dsn = settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else None
+    parser.add_argument("--postgres", default=dsn or None, metavar="DSN", help=pg_help)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
     common.add_argument("--elasticsearch", default=argparse.SUPPRESS, help=es_help)
+    common.add_argument("--postgres", default=argparse.SUPPRESS, metavar="DSN", help=pg_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -163,13 +173,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
 
     loading = command(
-        "load", "load a published index into Elasticsearch (nothing is embedded again)"
+        "load",
+        "load a published index into Elasticsearch or PostgreSQL (nothing is embedded again)",
     )
     loading.add_argument(
         "name",
         metavar="INDEX_ID_OR_CHANNEL",
-        help="an index id, or a channel: its current index, and the channel's alias follows "
-        "(the store's channel does not move)",
+        help="an index id, or a channel: its current index, and the channel's alias (row) "
+        "follows (the store's channel does not move)",
     )
 
     gc = command("gc", "delete old indexes (never one a channel points to)")
@@ -180,8 +191,18 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _cluster(args: argparse.Namespace, settings: Settings) -> Cluster | None:
-    """The Elasticsearch that ``--elasticsearch`` names, with the credentials of the settings."""
+def _cluster(args: argparse.Namespace, settings: Settings) -> Mirror | None:
+    """The Elasticsearch that ``--elasticsearch`` names, with the credentials of the settings, or
+    the PostgreSQL that ``--postgres`` names; one of them at most."""
+    if args.elasticsearch and args.postgres:
+        raise ConfigurationError(
+            "--elasticsearch and --postgres (or RAG_ELASTICSEARCH_URL and RAG_POSTGRES_DSN) are "
+            "both set: indexes are loaded into one serving backend at a time"
+        )
+    if args.postgres:
+        from .postgres import Database
+
+        return Database(args.postgres, schema=settings.postgres_schema)
     if not args.elasticsearch:
         return None
     from functions.es_client import credentials
@@ -198,7 +219,7 @@ def _cluster(args: argparse.Namespace, settings: Settings) -> Cluster | None:
 
 
 def _build(
-    args: argparse.Namespace, store: Store, settings: Settings, cluster: Cluster | None
+    args: argparse.Namespace, store: Store, settings: Settings, cluster: Mirror | None
 ) -> None:
     embedder = make_embedder(
         args.embed_provider,
@@ -272,7 +293,7 @@ def _build(
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
         f"{counts.embedded} embedded, {counts.reused} reused, {human_bytes(size)}{skipped}"
-        + (f"; in Elasticsearch as {cluster.index_name(manifest.index_id)}" if cluster else "")
+        + (f"; in {cluster.label} as {cluster.index_name(manifest.index_id)}" if cluster else "")
         + (f"; channel {args.channel} moved" if args.channel else ""),
         file=sys.stderr,
     )
@@ -303,7 +324,7 @@ def _print_plan(run: DryRun, model: str, args: argparse.Namespace) -> None:
     )
 
 
-def _list(store: Store, cluster: Cluster | None) -> None:
+def _list(store: Store, cluster: Mirror | None) -> None:
     indexes, channels = catalog(store)
     if not indexes and not channels:
         print(f"{store.uri} holds no indexes and no channels", file=sys.stderr)
@@ -312,7 +333,7 @@ def _list(store: Store, cluster: Cluster | None) -> None:
     pointed: dict[str, list[str]] = {}
     for name, pointer in sorted(channels.items()):
         pointed.setdefault(pointer.index_id, []).append(name)
-        alias = f"  alias -> {aliased.get(name, 'none')}" if cluster else ""
+        alias = f"  {_pointer(cluster)} -> {aliased.get(name, 'none')}" if cluster else ""
         print(
             f"channel {name:<16} -> {pointer.index_id}  "
             f"(published {pointer.published_at:%Y-%m-%d %H:%M:%S}Z){alias}"
@@ -321,17 +342,23 @@ def _list(store: Store, cluster: Cluster | None) -> None:
         state = "" if info.complete else "  INCOMPLETE"
         tags = f"  [{', '.join(pointed[info.index_id])}]" if info.index_id in pointed else ""
         found = loaded.pop(info.index_id, None)
-        es = "" if cluster is None else f"  elasticsearch: {_loaded(found)}"
+        es = "" if cluster is None else f"  {cluster.label.lower()}: {_loaded(found)}"
         print(
             f"index   {info.index_id}  {info.size / 1e6:10.2f} MB  "
             f"{info.modified:%Y-%m-%d %H:%M}Z{tags}{state}{es}"
         )
-    for found in loaded.values():  # in Elasticsearch only: gc deletes it unless aliased
-        print(f"elasticsearch {found.name}  {_loaded(found)}  (not in the store)")
+    label = cluster.label.lower() if cluster else ""
+    for found in loaded.values():  # in the mirror only: gc deletes it unless a channel names it
+        print(f"{label} {found.name}  {_loaded(found)}  (not in the store)")
 
 
-def _loaded(found: LoadedIndex | None) -> str:
-    """An index's state in Elasticsearch, for ``list``."""
+def _pointer(mirror: Mirror) -> str:
+    """What follows a channel in the mirror: an alias in Elasticsearch, a row in PostgreSQL."""
+    return "alias" if mirror.label == "Elasticsearch" else "row"
+
+
+def _loaded(found: LoadedIndex | LoadedTable | None) -> str:
+    """An index's state in Elasticsearch or PostgreSQL, for ``list``."""
     if found is None:
         return "not loaded"
     aliases = f" [{', '.join(found.channels)}]" if found.channels else ""
@@ -388,7 +415,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _command(
-    args: argparse.Namespace, settings: Settings, store: Store, cluster: Cluster | None
+    args: argparse.Namespace, settings: Settings, store: Store, cluster: Mirror | None
 ) -> None:
     if args.command == "build":
         _build(args, store, settings, cluster)  # checks that it can write there, before it reads
@@ -412,10 +439,16 @@ def _command(
         print(f"channel {args.channel} -> {pointer.index_id}")
         if cluster is not None:
             print(progress.summary(), file=sys.stderr)
-            print(f"alias {cluster.alias(args.channel)} -> {cluster.index_name(pointer.index_id)}")
+            print(
+                f"{_pointer(cluster)} {cluster.alias(args.channel)} -> "
+                f"{cluster.index_name(pointer.index_id)}"
+            )
     elif args.command == "load":
         if cluster is None:
-            raise ConfigurationError("load needs --elasticsearch or RAG_ELASTICSEARCH_URL")
+            raise ConfigurationError(
+                "load needs --elasticsearch or RAG_ELASTICSEARCH_URL, or --postgres or "
+                "RAG_POSTGRES_DSN"
+            )
         if not is_index_id(args.name):
             cluster.alias(args.name)
         progress = Progress()
@@ -433,7 +466,7 @@ def _command(
         )
         print(name)
         if not is_index_id(args.name):
-            print(f"alias {cluster.alias(args.name)} -> {name}")
+            print(f"{_pointer(cluster)} {cluster.alias(args.name)} -> {name}")
     elif args.command == "gc":
         collected = collect_garbage(store, args.keep, dry_run=args.dry_run, mirror=cluster)
         for index_id in collected.indexes:
@@ -441,7 +474,10 @@ def _command(
         for key in collected.uploads:
             print(("would abort " if args.dry_run else "aborted ") + f"upload {key}")
         for name in collected.mirrored:
-            print(("would delete " if args.dry_run else "deleted ") + f"elasticsearch {name}")
+            print(
+                ("would delete " if args.dry_run else "deleted ")
+                + f"{cluster.label.lower() if cluster else ''} {name}"
+            )
 
 
 if __name__ == "__main__":

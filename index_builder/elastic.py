@@ -64,6 +64,8 @@ class LoadedIndex:
 class Cluster:
     """An Elasticsearch cluster that published indexes are loaded into, channels as aliases."""
 
+    label = "Elasticsearch"
+
     def __init__(
         self,
         url: str,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -28,6 +29,9 @@ from scripts.elasticsearch import EXIT_UNAVAILABLE
 from .ollama_double import OllamaDouble
 from .servers import serve
 
+if TYPE_CHECKING:
+    from .postgres_server import Postgres
+
 # Tests never reach a real AWS account or a developer's ~/.aws.
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -41,7 +45,8 @@ for _name, _value in {
 _ELASTICSEARCH_ENV = {
     name: os.environ[name] for name in ("RAG_TEST_ES_URL", "RAG_ES_CACHE") if name in os.environ
 }
-for _name in [name for name in os.environ if name.startswith("RAG_")] + [
+# libpq's PG* variables too: a developer's PGHOST or PGPASSWORD never reaches a test's server.
+for _name in [name for name in os.environ if name.startswith(("RAG_", "PG"))] + [
     "AWS_PROFILE",
     "OLLAMA_HOST",
 ]:
@@ -247,3 +252,22 @@ def elasticsearch_url() -> Iterator[str]:
         yield started.stdout.strip()
     finally:
         _elasticsearch("stop")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A real PostgreSQL 16 with pgvector (the pgserver wheel) on a loopback port, for the
+    session (tests/postgres_server.py)."""
+    from .postgres_server import start_postgres
+
+    found = start_postgres(tmp_path_factory.mktemp("postgres") / "data")
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+def pg_schema(postgres: Postgres) -> Iterator[str]:
+    """A PostgreSQL schema of this test's own, dropped at its end."""
+    schema = f"t{uuid.uuid4().hex[:12]}"
+    yield schema
+    postgres.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
