@@ -1,22 +1,31 @@
-"""The two backends side by side on one index: the artifact (downloaded from the object store,
-searched in memory) against Elasticsearch (the index the builder loaded; nothing downloaded).
+"""The three backends side by side on one index: the artifact (downloaded from the object store,
+searched in memory) against Elasticsearch and PostgreSQL with pgvector (the index the builder
+loaded there; nothing downloaded).
 
     python bench/backends.py [--size 100000] [--dim 768] [--repeat 3] [--out bench/backends.json]
 
 One synthetic index (the benchmark corpus and the Ollama double's vectors, as bench/run.py makes
 its large ones) is published to moto's S3 server, channel ``stable``, and loaded into
 Elasticsearch by the builder's own loader (``index_builder.publish.load``: the mapping it ships,
-replicas 0, the alias following the channel) under a prefix of this run's own. Then, for each
+replicas 0, the alias following the channel) under a prefix of this run's own, and into
+PostgreSQL (the same loader: one transaction, HNSW, the channel's row) under a schema of its own.
+Then, for each
 backend, ``--repeat`` cold starts of ``python -m functions`` (the container's command), spawn to
 the first 200 of a retrieve ``POST /query``, alternating backends; and one warm function each,
 driven over HTTP at concurrency 1, 8 and 32 after a warm-up. Every query is embedded by the
 Ollama double, instantly and alike for both backends. RAG_LLM_PROVIDER=none.
 
 Everything runs on this machine: Elasticsearch (``$RAG_TEST_ES_URL``, else the one
-``scripts/elasticsearch.py`` runs, else one it starts and stops), moto, the double, the function
-and the load generator share its cores; the load average is recorded at each phase. Writes
+``scripts/elasticsearch.py`` runs, else one it starts and stops), PostgreSQL
+(``$RAG_TEST_PG_DSN``, else a pgserver this script starts and stops: PostgreSQL 16, pgvector 0.6,
+default settings), moto, the double, the function and the load generator share its cores; the
+load average is recorded at each phase. Writes
 ``--out``, adds "backends" to bench/results.json and redraws bench/results.png (needs matplotlib,
-the ``bench`` extra). The index and its alias are deleted at the end, whatever happens.
+the ``bench`` extra). The index and its alias, and the schema, are deleted at the end, whatever
+happens.
+
+Over 400 lines: the three backends' setups, loads, footprints and the one table that compares
+them are kept in one script, so that one command measures all three in the same conditions.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from bench import corpus as synthetic  # noqa: E402
 from bench.elasticsearch_recall import SCRIPT, elasticsearch_server  # noqa: E402
 from bench.load import drive, percentiles  # noqa: E402
+from bench.postgres_recall import postgres_server  # noqa: E402
 from bench.run import chart, machine, median_runs  # noqa: E402
 from bench.services import (  # noqa: E402
     free_port,
@@ -56,8 +66,11 @@ from bench.services import (  # noqa: E402
     use_bucket,
 )
 from functions.catalog import read_manifest  # noqa: E402
+from functions.postgres import table_name  # noqa: E402
+from functions.settings import Settings  # noqa: E402
 from functions.storage import open_store  # noqa: E402
 from index_builder.elastic import Cluster  # noqa: E402
+from index_builder.postgres import HNSW, Database  # noqa: E402
 from index_builder.progress import Progress  # noqa: E402
 from index_builder.publish import load  # noqa: E402
 
@@ -68,7 +81,7 @@ PLAN = ((1, 200), (8, 800), (32, 1600))  # (concurrency, requests)
 WARM_UP = 100  # requests at concurrency 8 before the measured ones: connections, JIT, page-in
 COMPARED = 100  # queries whose top 10 are compared between the backends
 MB = 2**20
-BACKENDS = ("artifact", "elasticsearch")
+BACKENDS = ("artifact", "elasticsearch", "postgres")
 
 
 def _memory_mb(pid: int) -> dict[str, float]:
@@ -188,10 +201,11 @@ def _heap(cluster: Cluster) -> dict[str, float]:
 
 
 def publish_and_load(
-    cluster: Cluster, store_uri: str, corpus: list[str], dim: int
+    cluster: Cluster, database: Database, store_uri: str, corpus: list[str], dim: int
 ) -> dict[str, Any]:
     """Publish the synthetic index to channel stable, load it into Elasticsearch (its alias
-    follows the channel); what each took, and the artifact's size."""
+    follows the channel) and PostgreSQL (its row follows); what each took, and the artifact's
+    size."""
     started = time.perf_counter()
     synthetic.publish_synthetic(open_store(store_uri), corpus, dim, WORK / "artifact")
     build_s = time.perf_counter() - started
@@ -211,6 +225,48 @@ def publish_and_load(
         "bulk_load_s": load_s,
         "bulk_load_chunks_per_s": manifest.counts.chunks / load_s,
         "load_average_before_bulk_load": load_average,
+        **_postgres_load(database, store_uri),
+    }
+
+
+def _postgres_load(database: Database, store_uri: str) -> dict[str, Any]:
+    """Load the channel's index into PostgreSQL: download from moto, one transaction of binary
+    COPY, HNSW build, count and facts; the row of channel stable follows."""
+    load_average = _load_average()
+    started = time.perf_counter()
+    load(open_store(store_uri), "stable", database, Progress(bars=False))
+    load_s = time.perf_counter() - started
+    return {
+        "postgres_load_s": load_s,
+        "postgres_load_average_before": load_average,
+    }
+
+
+def postgres_footprint(database: Database, index_id: str) -> dict[str, Any]:
+    """The table's and its HNSW index's sizes, and the server's memory settings."""
+    table = f'"{database.schema}"."{table_name(index_id)}"'
+    conn = database._conn
+    [(version,)] = conn.execute("SHOW server_version").fetchall()
+    [(pgvector,)] = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+    ).fetchall()
+    [(total, heap)] = conn.execute(
+        "SELECT pg_total_relation_size(%s::regclass), pg_table_size(%s::regclass)", [table, table]
+    ).fetchall()
+    indexes = conn.execute(
+        "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index "
+        "WHERE indrelid = %s::regclass",
+        [table],
+    ).fetchall()
+    [(shared_buffers,)] = conn.execute("SHOW shared_buffers").fetchall()
+    conn.rollback()
+    return {
+        "version": f"PostgreSQL {version}, pgvector {pgvector}",
+        "hnsw": HNSW,
+        "shared_buffers": shared_buffers,
+        "total_bytes": total,
+        "table_bytes": heap,  # the rows, their TOASTed vectors and metadata
+        "index_bytes": dict(indexes),
     }
 
 
@@ -235,9 +291,12 @@ def measure(
         figures[name]["cold_start"] = {"retrieve": {"median": median, "runs": runs}}
         print(f"  warm {name}: {len(PLAN)} load runs ...", flush=True)
         figures[name]["query_load"] = warm(env, bodies)
-    found = [figures[name]["query_load"].pop("top10") for name in envs]
-    agreement = [len(set(a) & set(b)) / 10 for a, b in zip(*found, strict=True)]
-    figures["elasticsearch"]["top10_agreement_with_artifact"] = sum(agreement) / len(agreement)
+    found = {name: figures[name]["query_load"].pop("top10") for name in envs}
+    for name in envs:
+        if name != "artifact":
+            pairs = zip(found["artifact"], found[name], strict=True)
+            agreement = [len(set(a) & set(b)) / 10 for a, b in pairs]
+            figures[name]["top10_agreement_with_artifact"] = sum(agreement) / len(agreement)
     return figures
 
 
@@ -263,9 +322,9 @@ def table(record: dict[str, Any]) -> str:
     memory = [load["memory_after_load"]["rss_mb"] for load in loads]
     rows.append(("function RSS after the load runs (MB)", [f"{m:.0f}" for m in memory]))
     width = max(len(label) for label, _ in rows)
-    lines = [f"{'':<{width}}  {'artifact':>14}  {'elasticsearch':>14}"]
-    lines += [f"{label:<{width}}  {a:>14}  {e:>14}" for label, (a, e) in rows]
-    index, es = record["index"], record["elasticsearch_footprint"]
+    lines = [f"{'':<{width}}" + "".join(f"  {name:>14}" for name in BACKENDS)]
+    lines += [f"{label:<{width}}" + "".join(f"  {v:>14}" for v in values) for label, values in rows]
+    index, es, pg = record["index"], record["elasticsearch_footprint"], record["postgres_footprint"]
     jvm_rss = f"{es['jvm_rss_mb']:.0f} MB" if es["jvm_rss_mb"] is not None else "unknown"
     fields = sorted(es["disk_usage_by_field_bytes"].items(), key=lambda item: -item[1])
     lines += [
@@ -279,6 +338,12 @@ def table(record: dict[str, Any]) -> str:
         f"{es['heap_max_mb']:.0f} MB; JVM RSS {jvm_rss}",
         "recall@10 of Elasticsearch (num_candidates 1000) against the artifact's exact search: "
         f"{record['elasticsearch']['top10_agreement_with_artifact']:.3f}",
+        f"PostgreSQL ({pg['version']}, HNSW m {pg['hnsw']['m']}, ef_construction "
+        f"{pg['hnsw']['ef_construction']}): load {index['postgres_load_s']:.0f} s, table "
+        f"{pg['table_bytes'] / MB:.0f} MiB, indexes "
+        + ", ".join(f"{name} {size / MB:.0f} MiB" for name, size in pg["index_bytes"].items()),
+        f"recall@10 of PostgreSQL (ef_search {record['postgres_ef_search']}) against the "
+        f"artifact's exact search: {record['postgres']['top10_agreement_with_artifact']:.3f}",
         f"load average {record['load_average_at_start']} at start, "
         f"{record['load_average_at_end']} at the end",
     ]
@@ -302,6 +367,8 @@ def main() -> None:
         "embeddings": "Ollama double over loopback HTTP: every query embedded, both backends alike",
         "elasticsearch_setup": "single node on this machine, security off, replicas 0, "
         "RAG_ELASTICSEARCH_NUM_CANDIDATES 1000 (the default)",
+        "postgres_setup": "pgserver on this machine (or $RAG_TEST_PG_DSN), default settings, "
+        "RAG_POSTGRES_POOL_SIZE 4, RAG_POSTGRES_EF_SEARCH the default",
         "load": f"retrieve, top_k 10, keep-alive HTTP; {WARM_UP} requests of warm-up at c=8 first",
         "size": args.size,
         "dim": args.dim,
@@ -311,6 +378,10 @@ def main() -> None:
     url, started = elasticsearch_server()
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     cluster = Cluster(url, prefix=prefix, replicas=0)
+    dsn, pg_server = postgres_server(WORK / "postgres")
+    schema = prefix.replace("-", "_")
+    database = Database(dsn, schema=schema)
+    record["postgres_ef_search"] = Settings().postgres_ef_search
     try:
         with moto_server(WORK) as s3, ollama_double(WORK, args.dim) as ollama:
             aws = use_bucket(s3, BUCKET)
@@ -318,7 +389,7 @@ def main() -> None:
             corpus = synthetic.texts(args.size)
             print(f"{args.size} chunks x {args.dim}: publishing and loading ...", flush=True)
             record["elasticsearch_before_load"] = _heap(cluster)
-            record["index"] = publish_and_load(cluster, store_uri, corpus, args.dim)
+            record["index"] = publish_and_load(cluster, database, store_uri, corpus, args.dim)
             common = {
                 **os.environ,
                 **aws,
@@ -341,15 +412,27 @@ def main() -> None:
                     "RAG_ELASTICSEARCH_URL": url,
                     "RAG_ELASTICSEARCH_INDEX_PREFIX": prefix,
                 },
+                "postgres": {
+                    **common,
+                    "RAG_BACKEND": "postgres",
+                    "RAG_POSTGRES_DSN": dsn,
+                    "RAG_POSTGRES_SCHEMA": schema,
+                },
             }
             record.update(measure(envs, corpus, args.repeat))
             name = cluster.index_name(record["index"]["index_id"])
             record["elasticsearch_footprint"] = footprint(cluster, name)
+            record["postgres_footprint"] = postgres_footprint(database, record["index"]["index_id"])
     finally:
         _delete(cluster, prefix)
         cluster.close()
         if started:
             subprocess.run([*SCRIPT, "stop"], check=False)
+        database._conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        database._conn.commit()
+        database.close()
+        if pg_server is not None:
+            pg_server.stop()  # type: ignore[attr-defined]
     shutil.rmtree(WORK, ignore_errors=True)  # kept after a failure: the function logs say why
     record["load_average_at_end"] = _load_average()
     record["bench_wall_s"] = time.perf_counter() - began

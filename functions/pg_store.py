@@ -31,7 +31,7 @@ from pydantic import PrivateAttr
 
 from .errors import InvalidRequest
 from .filters import FilterGroup
-from .postgres import PostgresSearcher
+from .pg_search import PostgresSearcher
 from .vector_store import translate_filters
 
 __all__ = ["ServingStore"]

@@ -55,7 +55,10 @@ def start_postgres(folder: Path) -> Postgres:
     """A new server in ``folder`` (about 2 s), with the vector extension created. pgserver
     makes the folder (as another user when run as root, which PostgreSQL refuses) and starts it
     on a Unix socket; it is started again on a loopback port, where a test can put a proxy."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(folder.parent))  # platformdirs warns without it
+    if "XDG_RUNTIME_DIR" not in os.environ:  # platformdirs warns without one of mode 0700
+        runtime = folder.parent / "runtime"
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver
 
     server = pgserver.get_server(folder, cleanup_mode=None)

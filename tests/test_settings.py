@@ -72,7 +72,7 @@ def test_defaults() -> None:
         "postgres_schema": "knative_rag",
         "postgres_pool_size": 4,
         "postgres_timeout_s": 5.0,
-        "postgres_ef_search": 100,
+        "postgres_ef_search": 500,
         "log_level": "INFO",
         "log_format": "auto",
         "ollama_host": "http://127.0.0.1:11434",
