@@ -162,7 +162,6 @@ import sys
 from pathlib import Path
 from index_builder.postgres import Database
 from index_builder.progress import Progress
-from index_builder.progress import Progress
 from tests.artifacts import random_artifact
 
 artifact, _ = random_artifact(Path(sys.argv[3]), n=int(sys.argv[4]), dim=64)
@@ -268,3 +267,42 @@ def test_gc_drops_what_no_channel_names_and_the_key_guards_the_rest(loaded_pg: L
 def test_settings_that_cannot_work_are_refused_at_once(values: dict[str, str], said: str) -> None:
     with pytest.raises(ConfigurationError, match=said):
         compose(Settings(**values))  # type: ignore[arg-type]
+
+
+def test_list_and_gc_on_the_command_line_cover_postgresql(loaded_pg: LoadedPg) -> None:
+    first = loaded_pg.index_id
+    second = loaded_pg.publish(write_corpus(loaded_pg.tmp_path / "second", documents=3))
+    assert loaded_pg.cli("list") == 0
+    listed = loaded_pg.capsys.readouterr().out
+    assert f"channel stable           -> {second}" in listed
+    assert "row -> " + second in listed
+    assert f"index   {first}" in listed
+    assert "postgresql: " in listed
+    assert loaded_pg.cli("gc", "--keep", "0") == 0
+    out = loaded_pg.capsys.readouterr().out
+    assert f"deleted {first}" in out  # the store's copy: no channel names it
+    assert f"deleted postgresql {loaded_pg.schema}.{table_name(first)}" in out
+    assert second not in out
+    database = Database(loaded_pg.postgres.dsn, schema=loaded_pg.schema)
+    assert [found.index_id for found in database.indexes()] == [second]
+    database.close()
+
+
+def test_the_password_appears_in_no_message(loaded_pg: LoadedPg, proxy: Proxy) -> None:
+    """The server trusts local connections, so any password works: the same connection string
+    serves, and when PostgreSQL cannot be reached, neither the reason nor the logs name it."""
+    password = "pw-7f3a9c2e51"
+    dsn = f"postgresql://postgres:{password}@{proxy.address}/postgres"
+    settings = loaded_pg.settings(postgres_dsn=dsn, postgres_timeout_s=0.5, startup_timeout_s=1)
+    loader = compose(settings)
+    assert loader.load().index_id == loaded_pg.index_id
+    loader.close()
+    proxy.set("refuse")
+    loader = compose(settings)
+    with pytest.raises(NotReady) as refused:
+        loader.load()
+    loader.close()
+    assert loader.reason is not None
+    assert password not in loader.reason
+    assert password not in str(refused.value)
+    assert password not in repr(settings)
