@@ -2,19 +2,21 @@
 admits, or refused as it refuses.
 
 PostgreSQL keeps each chunk's metadata as LlamaIndex's ``node_to_metadata_dict`` writes it (the
-``metadata_`` column of ``PGVectorStore``'s table), JSON values as they are: strings, numbers,
-booleans, null, lists and objects stay distinct, and a missing key is SQL NULL. So no condition is
+``metadata_`` column of ``PGVectorStore``'s table; filters read ``filter_``, the same without the
+node's JSON, small and in the row), JSON values as they are: strings, numbers, booleans, null,
+lists and objects stay distinct, and a missing key is SQL NULL. So no condition is
 translated operator by operator (Python's comparisons and PostgreSQL's disagree on mixed types,
 ``True == 1``, substrings of lists...). Instead, as ``functions.filters`` does on an artifact, a
 condition is evaluated with LlamaIndex's own verdict (``filters.matches``) on each distinct value
 its key takes in the index (``Columns``: the artifact's ``columns.json``, stored beside the table
 at load), and the SQL admits the chunks whose value is one of those admitted:
 
-    missing key refused     COALESCE(metadata_ -> key = ANY(admitted), FALSE)
-    missing key admitted    NOT COALESCE(metadata_ -> key = ANY(refused), FALSE)
+    missing key refused     COALESCE(filter_ -> key IN (admitted), FALSE)
+    missing key admitted    NOT COALESCE(filter_ -> key IN (refused), FALSE)
 
-whichever list is shorter (a key with values beyond the columns, format 1's lists and objects,
-takes the first form only where the missing key's verdict holds for them too, as there). JSONB
+whichever list is shorter (one JSONB array parameter, unpacked into a hashed subplan; a key with
+values beyond the columns, format 1's lists and objects, takes the first form only where the
+missing key's verdict holds for them too, as there). JSONB
 equality is exact and typed (1 = 1.0, but not true; no collation; -0 = 0), and the distinct
 values are the ones the chunks hold, so the result is the artifact's on every filter. What
 LlamaIndex raises on (a string ordered against a number) is refused with ``UnsupportedFilter``
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any, Protocol
+
+from psycopg.types.json import Jsonb
 
 from .errors import UnsupportedFilter
 from .filters import OPERATORS, Condition, FilterGroup, as_llamaindex_sees, matches
@@ -68,7 +72,7 @@ def pg_filter(
     if node_ids is not None:
         parts.append(("node_id = ANY(%s::text[])", [sorted(set(node_ids))]) if node_ids else _FALSE)
     if doc_ids is not None:
-        scope = ("(metadata_ ->> 'ref_doc_id') = ANY(%s::text[])", [sorted(set(doc_ids))])
+        scope = ("(filter_ ->> 'ref_doc_id') = ANY(%s::text[])", [sorted(set(doc_ids))])
         parts.append(scope if doc_ids else _FALSE)
     if where is not None:
         parts.append(_group(where, columns))
@@ -151,22 +155,17 @@ def _condition(condition: Condition, columns: Columns) -> Predicate:
             f"scalar metadata values, so chunks where {key!r} is a list, an object, null or "
             "missing cannot be told apart for this operator; rebuild the index"
         )
-    field = "(metadata_ -> %s)"
+    field = "(filter_ -> %s)"
+    among = f"{field} IN (SELECT jsonb_array_elements(%s::jsonb))"  # a hashed subplan
     if not absent and (not complete or len(admitted) <= len(refused)):
         if not admitted:
             return _FALSE
-        return f"COALESCE({field} = ANY(%s::jsonb[]), FALSE)", [key, _jsonb(admitted)]
+        return f"COALESCE({among}, FALSE)", [key, Jsonb(admitted)]
     if not refused:
         return _TRUE if absent else (f"{field} IS NOT NULL", [key])
     if absent:
-        return f"NOT COALESCE({field} = ANY(%s::jsonb[]), FALSE)", [key, _jsonb(refused)]
-    return f"({field} IS NOT NULL AND NOT {field} = ANY(%s::jsonb[]))", [key, key, _jsonb(refused)]
-
-
-def _jsonb(values: list[Any]) -> list[Any]:
-    from psycopg.types.json import Jsonb
-
-    return [Jsonb(value) for value in values]
+        return f"NOT COALESCE({among}, FALSE)", [key, Jsonb(refused)]
+    return f"({field} IS NOT NULL AND NOT {among})", [key, key, Jsonb(refused)]
 
 
 def _same_for_every_non_scalar(op: str, wanted: Any) -> bool:

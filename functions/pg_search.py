@@ -114,12 +114,15 @@ class PostgresSearcher:
         ef_search = self._backend.ef_search
 
         def search(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            arguments = [vector, *params, vector, top_k]
+            if not exhaustive and top_k <= ef_search:  # the connection's own ef_search
+                return conn.execute(statement, arguments).fetchall()  # one round trip
             with conn.transaction():  # what set_config sets holds until its end
                 if exhaustive:  # the HNSW walk filters after the fact: exact instead
                     conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-                elif top_k > ef_search:
+                else:
                     conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(top_k)])
-                return conn.execute(statement, [vector, *params, vector, top_k]).fetchall()
+                return conn.execute(statement, arguments).fetchall()
 
         found = self._backend.run(f"search {table_name(self._manifest.index_id)}", search)
         return [

@@ -228,3 +228,22 @@ def test_retrieve_mode_imports_neither_llamaindex_nor_sqlalchemy(loaded_pg: Load
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[-2] == "3 []"
+
+
+def test_top_k_beyond_ef_search_and_beyond_pgvector_s_limit(loaded_pg: LoadedPg) -> None:
+    """A top k above RAG_POSTGRES_EF_SEARCH raises ef_search for that statement (else HNSW would
+    return fewer); above 1,000 (pgvector's limit) the search is exact: every chunk, scored and
+    ordered as the artifact's."""
+    loader = compose(loaded_pg.settings(postgres_ef_search=3))
+    pg = loader.load()
+    artifact_loader = compose(loaded_pg.settings("artifact"))
+    artifact = artifact_loader.load()
+    assert len(pg.retrieve("rivers", 8, {}).sources) == 8
+    everything = len(artifact.index)
+    got = pg.index.search(artifact.embedder.embed_query("rivers"), 1500)
+    want = artifact.index.search(artifact.embedder.embed_query("rivers"), 1500)
+    assert len(got) == len(want) == everything
+    assert {hit.record.id for hit in got} == {hit.record.id for hit in want}
+    assert np.allclose([hit.score for hit in got], [hit.score for hit in want], atol=1e-5)
+    loader.close()
+    artifact_loader.close()
