@@ -18,7 +18,7 @@ Ollama double, instantly and alike for both backends. RAG_LLM_PROVIDER=none.
 Everything runs on this machine: Elasticsearch (``$RAG_TEST_ES_URL``, else the one
 ``scripts/elasticsearch.py`` runs, else one it starts and stops), PostgreSQL
 (``$RAG_TEST_PG_DSN``, else a pgserver this script starts and stops: PostgreSQL 16, pgvector 0.6,
-default settings), moto, the double, the function and the load generator share its cores; the
+shared_buffers 1 GB), moto, the double, the function and the load generator share its cores; the
 load average is recorded at each phase. Writes
 ``--out``, adds "backends" to bench/results.json and redraws bench/results.png (needs matplotlib,
 the ``bench`` extra). The index and its alias, and the schema, are deleted at the end, whatever
@@ -367,7 +367,7 @@ def main() -> None:
         "embeddings": "Ollama double over loopback HTTP: every query embedded, both backends alike",
         "elasticsearch_setup": "single node on this machine, security off, replicas 0, "
         "RAG_ELASTICSEARCH_NUM_CANDIDATES 1000 (the default)",
-        "postgres_setup": "pgserver on this machine (or $RAG_TEST_PG_DSN), default settings, "
+        "postgres_setup": "pgserver on this machine (or $RAG_TEST_PG_DSN), shared_buffers 1GB, "
         "RAG_POSTGRES_POOL_SIZE 4, RAG_POSTGRES_EF_SEARCH the default",
         "load": f"retrieve, top_k 10, keep-alive HTTP; {WARM_UP} requests of warm-up at c=8 first",
         "size": args.size,

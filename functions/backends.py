@@ -18,6 +18,7 @@ Nothing above this seam knows which backend serves.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import ivf
-from .artifact import DATA_FILES, Manifest
+from .artifact import DATA_FILES, Manifest, NodeRecord
 from .catalog import Pointer, fetch_artifact, is_index_id, read_manifest, read_pointer
 from .cold import ColdIndex
 from .errors import ConfigurationError, IndexTooLarge
@@ -39,11 +40,14 @@ from .storage import LocalStore, Store
 from .tiered import TieredSearcher
 
 __all__ = [
+    "MANIFEST_FACTS",
     "PARTITIONS_FROM_CHUNKS",
     "ArtifactBackend",
     "Backend",
     "Located",
     "Searcher",
+    "manifest_of",
+    "record_of",
     "warm_probes",
 ]
 
@@ -238,3 +242,33 @@ def require_store_uri(store_uri: str | None) -> str:
     if not store_uri:
         raise ConfigurationError("RAG_STORE_URI is not set", public="RAG_STORE_URI is not set")
     return store_uri
+
+
+# What a backend that serves an index loaded elsewhere (Elasticsearch's _meta, PostgreSQL's
+# indexes row) keeps of its manifest: all but the files, which it does not download.
+MANIFEST_FACTS = (
+    "format_version",
+    "index_id",
+    "created_at",
+    "builder_version",
+    "embedding",
+    "chunking",
+    "counts",
+    "probe",
+)
+
+
+def manifest_of(facts: dict[str, Any]) -> Manifest:
+    """The manifest whose ``MANIFEST_FACTS`` a loaded index keeps, without files."""
+    return Manifest.model_validate(
+        {**{name: facts[name] for name in MANIFEST_FACTS if name in facts}, "files": {}}
+    )
+
+
+def record_of(node_id: str, text: str, node_content: str) -> NodeRecord:
+    """A stored chunk as the artifact's record: the node LlamaIndex's ``node_to_metadata_dict``
+    kept as JSON in ``_node_content`` (its own metadata: the flat copy beside it has the node
+    fields written over any user key of the same name), and the text stored beside it."""
+    node = json.loads(node_content)
+    parent = (node.get("relationships") or {}).get("1") or {}
+    return NodeRecord(node_id, parent.get("node_id") or "", text, node.get("metadata") or {})

@@ -32,7 +32,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .artifact import Manifest
-from .backends import Located
+from .backends import Located, manifest_of
 from .catalog import channel_key, index_key, is_index_id
 from .errors import (
     ConfigurationError,
@@ -57,16 +57,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SLACK_S = 1.0  # beyond the client's own timeout, before a caller stops waiting
-_MANIFEST_FIELDS = (
-    "format_version",
-    "index_id",
-    "created_at",
-    "builder_version",
-    "embedding",
-    "chunking",
-    "counts",
-    "probe",
-)
 
 
 class _Loop:
@@ -217,9 +207,7 @@ class ElasticsearchBackend:
                 f"{index} is not an index the builder loaded (its _meta names "
                 f"{meta.get('index_id')!r})"
             )
-        manifest = Manifest.model_validate(
-            {**{field: meta[field] for field in _MANIFEST_FIELDS if field in meta}, "files": {}}
-        )
+        manifest = manifest_of(meta)
         self._facts[index_id] = meta.get("metadata")  # what open() translates filters with
         return Located(index_id, meta.get("manifest_sha256"), manifest)
 

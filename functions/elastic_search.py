@@ -9,7 +9,6 @@ readiness. Both run on the backend's one event loop (``elastic``).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Collection, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .artifact import Manifest, NodeRecord
+from .backends import record_of
 from .elastic import SLACK_S
 from .errors import ElasticsearchError, ElasticsearchUnavailable, InvalidRequest
 from .es_filters import es_filter
@@ -184,12 +184,6 @@ class ElasticsearchSearcher:
 
 
 def _record(hit: dict[str, Any]) -> NodeRecord:
-    """A hit as the artifact's record: the node LlamaIndex's ``node_to_metadata_dict`` stored
-    as JSON in ``_node_content`` (its own metadata: the flat copy beside it has the node fields
-    written over any user key of the same name), and the text from ``content``."""
+    """A hit as the artifact's record: its node JSON, and the text from ``content``."""
     source = hit["_source"]
-    node = json.loads(source["metadata"]["_node_content"])
-    parent = (node.get("relationships") or {}).get("1") or {}
-    return NodeRecord(
-        str(hit["_id"]), parent.get("node_id") or "", source[TEXT], node.get("metadata") or {}
-    )
+    return record_of(str(hit["_id"]), source[TEXT], source["metadata"]["_node_content"])

@@ -5,7 +5,6 @@ back as the artifact's record. The statements run on the backend's pool (``postg
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .artifact import Manifest, NodeRecord
+from .backends import record_of
 from .filters import FilterGroup
 from .pg_filters import pg_filter
 from .postgres import table_name
@@ -149,10 +149,6 @@ class PostgresSearcher:
 
 
 def _record(row: tuple[Any, ...]) -> NodeRecord:
-    """A row as the artifact's record: the node LlamaIndex's ``node_to_metadata_dict`` stored as
-    JSON in ``_node_content`` (its own metadata: the flat copy beside it has the node fields
-    written over any user key of the same name), the text from ``text``."""
+    """A row as the artifact's record."""
     _, node_id, text, metadata, _ = row
-    node = json.loads(metadata["_node_content"])
-    parent = (node.get("relationships") or {}).get("1") or {}
-    return NodeRecord(str(node_id), parent.get("node_id") or "", text, node.get("metadata") or {})
+    return record_of(str(node_id), text, metadata["_node_content"])

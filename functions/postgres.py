@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .artifact import Manifest
-from .backends import Located
+from .backends import Located, manifest_of
 from .catalog import channel_key, is_index_id
 from .errors import (
     ConfigurationError,
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
-    "MANIFEST_FIELDS",
     "PostgresBackend",
     "describe_target",
     "failures",
@@ -67,16 +66,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MANIFEST_FIELDS = (
-    "format_version",
-    "index_id",
-    "created_at",
-    "builder_version",
-    "embedding",
-    "chunking",
-    "counts",
-    "probe",
-)
 SLACK_S = 1.0  # beyond the statement timeout, before a silent server is cut off
 
 
@@ -308,9 +297,7 @@ class PostgresBackend:
         index_id, meta, sha256, complete = row
         if meta.get("index_id") != index_id:
             raise PostgresError(f"{self.schema}.indexes row {index_id} describes another index")
-        manifest = Manifest.model_validate(
-            {**{field: meta[field] for field in MANIFEST_FIELDS if field in meta}, "files": {}}
-        )
+        manifest = manifest_of(meta)
         self._found[index_id] = {"complete": bool(complete)}
         return Located(index_id, sha256, manifest)
 

@@ -34,11 +34,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from functions.artifact import Artifact, Manifest
+from functions.backends import MANIFEST_FACTS
 from functions.catalog import channel_key
 from functions.errors import PostgresError
 from functions.filters import as_llamaindex_sees
 from functions.pg_filters import DOCUMENT_KEY
-from functions.postgres import MANIFEST_FIELDS, describe_target, failures, table_name
+from functions.postgres import describe_target, failures, table_name
 
 from .progress import Phase, Progress
 
@@ -281,7 +282,7 @@ class Database:
                 f"{self.index_name(manifest.index_id)} holds {count} rows after its load, the "
                 f"manifest says {manifest.counts.chunks}: nothing was committed"
             )
-        facts = manifest.model_dump(mode="json", include=set(MANIFEST_FIELDS))
+        facts = manifest.model_dump(mode="json", include=set(MANIFEST_FACTS))
         cur.execute(
             sql.SQL(
                 "INSERT INTO {} (index_id, manifest, manifest_sha256, complete, chunks) "

@@ -24,6 +24,7 @@ class Postgres:
 
     server: Any  # pgserver.PostgresServer: the folder, and the system user it runs as (root)
     port: int
+    settings: tuple[str, ...] = ()  # name=value, for the server's command line
 
     @property
     def dsn(self) -> str:
@@ -42,7 +43,9 @@ class Postgres:
     def start(self) -> None:
         """Start it on its folder and port: TCP on 127.0.0.1, the Unix socket in the folder."""
         folder = self.server.pgdata
-        options = f"-h 127.0.0.1 -p {self.port} -k {folder}"
+        options = " ".join(
+            [f"-h 127.0.0.1 -p {self.port} -k {folder}", *(f"-c {kv}" for kv in self.settings)]
+        )
         self._pg_ctl("-o", options, "-l", str(folder / "log"), "start")
 
     def _pg_ctl(self, *args: str) -> None:
@@ -51,8 +54,9 @@ class Postgres:
         pg_ctl(["-w", *args], pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
 
 
-def start_postgres(folder: Path) -> Postgres:
-    """A new server in ``folder`` (about 2 s), with the vector extension created. pgserver
+def start_postgres(folder: Path, settings: tuple[str, ...] = ()) -> Postgres:
+    """A new server in ``folder`` (about 2 s), with the vector extension created, and
+    ``settings`` (``shared_buffers=1GB``...) on its command line. pgserver
     makes the folder (as another user when run as root, which PostgreSQL refuses) and starts it
     on a Unix socket; it is started again on a loopback port, where a test can put a proxy."""
     if "XDG_RUNTIME_DIR" not in os.environ:  # platformdirs warns without one of mode 0700
@@ -65,7 +69,7 @@ def start_postgres(folder: Path) -> Postgres:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    found = Postgres(server, port)
+    found = Postgres(server, port, settings)
     found.stop()
     found.start()
     found.execute("CREATE EXTENSION IF NOT EXISTS vector")
