@@ -4,7 +4,8 @@ In the schema ``RAG_POSTGRES_SCHEMA`` (``index_builder.postgres`` creates and fi
 
     data_<index id>   one table per index, LlamaIndex ``PGVectorStore``'s layout (id, text,
                       metadata_ JSONB from ``node_to_metadata_dict``, node_id, embedding
-                      vector(dim)) with an HNSW index on the embeddings; id is the artifact's row
+                      vector(dim)) with an HNSW index on the embeddings; id is the artifact's
+                      row; filter_ is metadata_ without the node's JSON, what filters read
     indexes           one row per loaded index: its manifest's facts, the manifest's sha256,
                       whether its metadata columns are complete; written in the same transaction
                       as the table, so an index is either loaded whole or absent
@@ -21,8 +22,9 @@ Searches (``pg_search``) are one SQL statement on a pooled connection (``psycopg
 scans off: pgvector 0.6 filters after the graph walk and would return fewer than k), with the
 filters ``pg_filters`` translates. Scores are cosine similarities, as the artifact's. No free
 connection within ``RAG_POSTGRES_TIMEOUT_S``, or a server that cannot be reached, is a 503; a
-statement past it is cancelled by the server and is a 504; both with Retry-After. Credentials
-come from ``RAG_POSTGRES_DSN`` or libpq's own variables and appear in no message.
+statement past it is cancelled by the server, and a server that does not answer at all is cut
+off a second later, both 504; all with Retry-After (``run``). Credentials come from
+``RAG_POSTGRES_DSN`` or libpq's own variables and appear in no message.
 """
 
 from __future__ import annotations
@@ -80,8 +82,6 @@ def table_name(index_id: str) -> str:
 def describe_target(dsn: str) -> str:
     """Where a connection string points, for messages: host, port and database; never the
     user's password (libpq's variables fill what the string leaves out)."""
-    import os
-
     from psycopg.conninfo import conninfo_to_dict
 
     try:

@@ -51,7 +51,10 @@ logger = logging.getLogger(__name__)
 # vectors (the hard case) recall@10 is 0.49 at ef_search 100 and 0.89 at 400; with m 32 and
 # ef_construction 200, 0.76 and 0.995, for 2.7 times the build time (bench/postgres_recall.py).
 HNSW = {"m": 32, "ef_construction": 200}
-_MAINTENANCE_MEMORY = "512MB"  # the HNSW graph of 100k x 768 is built in memory (about 320 MB)
+# maintenance_work_mem of the load's transaction: pgvector builds the HNSW graph in memory up to
+# it, then goes on on disk, slower. 100k x 768 at m 32 loaded in 511 s here (bench/backends.py);
+# with 2 GB (two parallel workers on these two cores) in 548 s (bench/postgres_recall.py).
+_MAINTENANCE_MEMORY = "512MB"
 _COPY_PROGRESS = 1000
 
 
