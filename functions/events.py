@@ -45,6 +45,7 @@ from .errors import InvalidEvent, UnsupportedEventFormat
 __all__ = [
     "ACCEPTED_MEDIA_TYPES",
     "BATCH",
+    "INDEX_PROMOTION_REFUSED",
     "INDEX_PUBLISHED",
     "MAX_BATCH",
     "MAX_ID_SOURCE_CHARS",
@@ -64,6 +65,8 @@ logger = logging.getLogger(__name__)
 QUERY_REQUEST = "dev.knative-rag.query.request"
 QUERY_RESPONSE = "dev.knative-rag.query.response"
 INDEX_PUBLISHED = "dev.knative-rag.index.published"
+# A build's index published but its channel left where it was: the quality gate refused it.
+INDEX_PROMOTION_REFUSED = "dev.knative-rag.index.promotion-refused"
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 # What a POST to /events may carry (Accept-Post of a 415): binary mode takes the data's own type.

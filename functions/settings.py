@@ -103,6 +103,24 @@ class Settings(BaseSettings):
     max_chunks: int = Field(
         1_000_000, ge=1, description="Builder: a build of more chunks fails before embedding."
     )
+    eval_questions: str | None = Field(
+        None,
+        description="Builder and release: the question set (a path or s3://bucket/key); when "
+        "set, build --channel and promote move a channel only past the quality gate.",
+    )
+    eval_k: int = Field(10, ge=1, le=100, description="Evaluation: hit rate and MRR at this k.")
+    eval_metric: Literal["mrr", "hit_rate"] = Field(
+        "mrr", description="Quality gate: the figure compared."
+    )
+    eval_tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Quality gate: how far below the serving index's figure a candidate may be.",
+    )
+    eval_floor: float | None = Field(
+        None, ge=0, le=1, description="Quality gate: the least figure a candidate must reach."
+    )
     download_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel ranged GETs per file from S3; 1 = one streaming GET."
     )

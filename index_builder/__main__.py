@@ -1,12 +1,13 @@
 """``python -m index_builder``: build, list, promote, load and gc indexes in a store.
 
 Exit status: 0 done; 1 failed (one line on stderr says why); 2 bad usage; 3 a channel moved
-while we worked (a concurrent publisher won the compare-and-swap; nothing was overwritten).
+while we worked (a concurrent publisher won the compare-and-swap; nothing was overwritten); 4 the
+quality gate refused to move the channel (the index is published, not promoted).
 
-Over 400 lines: it is the one place where the five commands' options, their defaults from the
+Over 400 lines: it is the one place where the seven commands' options, their defaults from the
 settings and their output (the summary table, list's and gc's reports for the store and for
-Elasticsearch or PostgreSQL) are written, which a user reads as one ``--help``; the work itself is
-in ``job``, ``publish``, ``elastic`` and ``postgres``.
+Elasticsearch or PostgreSQL, the evaluation's tables) are written, which a user reads as one
+``--help``; the work itself is in ``job``, ``publish``, ``quality``, ``elastic`` and ``postgres``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from functions.catalog import is_index_id
-from functions.embeddings import make_embedder
+from functions.embeddings import Embedder, make_embedder
 from functions.errors import ConfigurationError, RagError, WriteConflict
-from functions.events import INDEX_PUBLISHED
+from functions.events import INDEX_PROMOTION_REFUSED, INDEX_PUBLISHED
 from functions.events import publish as publish_event
 from functions.logs import configure, redact
 from functions.settings import Settings
@@ -30,6 +31,15 @@ from .job import DryRun, dry_run, run_build
 from .limits import MIB, Limits
 from .progress import Progress, human_bytes
 from .publish import catalog, collect_garbage, load, promote
+from .quality import (
+    EXIT_REFUSED,
+    ChannelGate,
+    Decision,
+    Evaluation,
+    Evaluator,
+    Gate,
+    PromotionRefused,
+)
 
 if TYPE_CHECKING:
     from .elastic import Cluster, LoadedIndex
@@ -64,6 +74,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    """A tolerance or a floor: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {value}")
+    return value
+
+
+def _k(text: str) -> int:
+    """``--k``: 1 to 100."""
+    k = _positive(text)
+    if k > 100:
+        raise argparse.ArgumentTypeError(f"must be 100 or less, not {k}")
+    return k
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     # The global options are accepted before the command and after it (the README writes both):
     # the commands get them too, defaulting to "not given" so they never undo a value given first.
@@ -88,11 +117,50 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     common.add_argument("--elasticsearch", default=argparse.SUPPRESS, help=es_help)
     common.add_argument("--postgres", default=argparse.SUPPRESS, metavar="DSN", help=pg_help)
     commands = parser.add_subparsers(dest="command", required=True)
+    questions = argparse.ArgumentParser(add_help=False)
+    questions.add_argument(
+        "--questions",
+        default=settings.eval_questions,
+        help="the question set, a path or s3://bucket/key (default: $RAG_EVAL_QUESTIONS)",
+    )
+    questions.add_argument(
+        "--k",
+        type=_k,
+        default=settings.eval_k,
+        help="hit rate and MRR among the k best chunks (default: $RAG_EVAL_K or 10)",
+    )
+    gating = argparse.ArgumentParser(add_help=False, parents=[questions])
+    gating.add_argument(
+        "--gate-metric",
+        choices=["mrr", "hit_rate"],
+        default=settings.eval_metric,
+        help="the figure the quality gate compares (default: $RAG_EVAL_METRIC or mrr)",
+    )
+    gating.add_argument(
+        "--tolerance",
+        type=_share,
+        default=settings.eval_tolerance,
+        help="how far below the serving index's figure the new one may be "
+        "(default: $RAG_EVAL_TOLERANCE or 0.02)",
+    )
+    gating.add_argument(
+        "--floor",
+        type=_share,
+        default=settings.eval_floor,
+        help="the least figure the new index must reach (default: $RAG_EVAL_FLOOR or none)",
+    )
+    gating.add_argument(
+        "--force",
+        action="store_true",
+        help="move the channel whatever the quality gate says (the figures are still shown)",
+    )
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, parents=[common])
+    def command(
+        name: str, help: str, parents: tuple[argparse.ArgumentParser, ...] = ()
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common, *parents])
 
-    build = command("build", "build an index from documents and publish it")
+    build = command("build", "build an index from documents and publish it", (gating,))
     build.add_argument(
         "--source",
         default=settings.source_uri,
@@ -160,7 +228,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     command("list", "list indexes and channels")
 
-    prom = command("promote", "point a channel at an existing index")
+    prom = command("promote", "point a channel at an existing index", (gating,))
     prom.add_argument("--channel", required=True)
     prom.add_argument("--index", required=True, help="index id")
     prom.add_argument(
@@ -181,6 +249,28 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         metavar="INDEX_ID_OR_CHANNEL",
         help="an index id, or a channel: its current index, and the channel's alias (row) "
         "follows (the store's channel does not move)",
+    )
+
+    evaluate = command(
+        "eval",
+        "evaluate a question set on an index: hit rate and MRR at k (stored beside the index)",
+        (questions,),
+    )
+    evaluate.add_argument("name", metavar="INDEX_ID_OR_CHANNEL")
+    evaluate.add_argument(
+        "--format",
+        choices=["table", "json"],
+        help="a table on a terminal, JSON otherwise (default)",
+    )
+    asking = command(
+        "questions",
+        "draft a question set from an index's chunks with the LLM (review it before gating)",
+    )
+    asking.add_argument("name", metavar="INDEX_ID_OR_CHANNEL")
+    asking.add_argument("--out", required=True, help="the file to write (not overwritten)")
+    asking.add_argument("--count", type=_positive, default=20, help="chunks to ask about")
+    asking.add_argument(
+        "--per-chunk", type=_positive, default=1, help="questions to ask of each chunk"
     )
 
     gc = command("gc", "delete old indexes (never one a channel points to)")
@@ -249,10 +339,37 @@ def _build(
         if args.channel:
             cluster.alias(args.channel)
         cluster.check()
-    manifest = run_build(store, args.source, embedder, mirror=cluster, **options)
+    gate = _gate(args, settings, store) if args.channel else None  # the set read before, too
+    try:
+        manifest = run_build(store, args.source, embedder, mirror=cluster, gate=gate, **options)
+    except PromotionRefused as refused:
+        print(progress.summary(), file=sys.stderr)
+        if settings.sink:
+            _announce(
+                settings.sink,
+                INDEX_PROMOTION_REFUSED,
+                {
+                    "index_id": refused.manifest.index_id,
+                    "channel": refused.channel,
+                    "serving": refused.decision.serving.index_id
+                    if refused.decision.serving
+                    else None,
+                    "created_at": refused.manifest.created_at.isoformat(),
+                    "embedding": refused.manifest.embedding.model_dump(),
+                    "counts": refused.manifest.counts.model_dump(),
+                    "quality": refused.decision.event_data(),
+                },
+            )
+        print(refused.manifest.index_id)  # published all the same
+        raise
+    finally:
+        if gate is not None:
+            gate.evaluator.close()
     counts = manifest.counts
     size = sum(entry.size for entry in manifest.files.values())
     print(progress.summary(), file=sys.stderr)
+    if gate is not None and gate.decision is not None:
+        print(_figures(gate.decision), file=sys.stderr)
     if args.channel and settings.sink:
         # The channel pointer is the truth; the event only saves followers a wait. A failed send
         # is reported, not fatal.
@@ -280,15 +397,12 @@ def _build(
                 "max_file_chars": args.max_file_chars,
                 "max_chunks": args.max_chunks,
             },
+            # The gate's decision and both figures; null where no question set gates the build.
+            "quality": {**gate.decision.event_data(), "forced": args.force}
+            if gate and gate.decision
+            else None,
         }
-        failure = publish_event(settings.sink, INDEX_PUBLISHED, "knative-rag/index-builder", data)
-        if failure:
-            print(
-                f"warning: index.published not delivered to K_SINK: {redact(failure)}",
-                file=sys.stderr,
-            )
-        else:
-            print(f"announced {manifest.index_id} to K_SINK", file=sys.stderr)
+        _announce(settings.sink, INDEX_PUBLISHED, data)
     skipped = f", {len(progress.skipped)} files skipped" if progress.skipped else ""
     print(
         f"built {manifest.index_id}: {counts.documents} documents, {counts.chunks} chunks, "
@@ -298,6 +412,102 @@ def _build(
         file=sys.stderr,
     )
     print(manifest.index_id)
+
+
+def _announce(sink: str, event_type: str, data: dict[str, Any]) -> None:
+    """Send one event to K_SINK. The channel pointer is the truth; the event only saves
+    followers a wait, so a failed send is reported, not fatal."""
+    failure = publish_event(sink, event_type, "knative-rag/index-builder", data)
+    name = event_type.removeprefix("dev.knative-rag.")
+    if failure:
+        print(f"warning: {name} not delivered to K_SINK: {redact(failure)}", file=sys.stderr)
+    else:
+        print(f"announced {name} {data['index_id']} to K_SINK", file=sys.stderr)
+
+
+def _evaluator(args: argparse.Namespace, settings: Settings, store: Store) -> Evaluator:
+    """The evaluator of ``--questions`` at ``--k``, through the serving backend the global
+    options name: Elasticsearch or PostgreSQL where given, else the artifact (exact search)."""
+    from .quality import Evaluator, artifact_evaluator, read_questions
+
+    if not args.questions:
+        raise ConfigurationError("no question set: pass --questions or set RAG_EVAL_QUESTIONS")
+    questions = read_questions(args.questions)
+
+    def embedder_for(provider: str, model: str) -> Embedder:
+        return make_embedder(provider, model, ollama_host=settings.ollama_host, queries=True)
+
+    if not (args.elasticsearch or args.postgres):
+        return artifact_evaluator(
+            store,
+            questions,
+            embedder_for,
+            k=args.k,
+            probe_min_cosine=settings.probe_min_cosine,
+        )
+    from pydantic import SecretStr
+
+    from functions.composition import make_backend
+
+    serving = settings.model_copy(
+        update={"backend": "elasticsearch", "elasticsearch_url": args.elasticsearch}
+        if args.elasticsearch
+        else {"backend": "postgres", "postgres_dsn": SecretStr(args.postgres)}
+    )
+    return Evaluator(
+        store,
+        questions,
+        make_backend(serving, store=store),
+        embedder_for,
+        k=args.k,
+        probe_min_cosine=settings.probe_min_cosine,
+    )
+
+
+def _gate(args: argparse.Namespace, settings: Settings, store: Store) -> ChannelGate | None:
+    """The quality gate a channel move passes, where a question set is given; ``--force``
+    decides and tells but never refuses."""
+    if not args.questions:
+        return None
+    gate = Gate(metric=args.gate_metric, tolerance=args.tolerance, floor=args.floor)
+    return ChannelGate(_evaluator(args, settings, store), gate, enforce=not args.force)
+
+
+def _figures(decision: Decision) -> str:
+    """The gate's decision with both indexes' figures, for a terminal or a log."""
+    gate, candidate = decision.gate, decision.candidate
+    floor = f", floor {gate.floor:g}" if gate.floor is not None else ""
+    lines = [
+        f"quality gate ({gate.metric} at k={candidate.k}, tolerance {gate.tolerance:g}{floor}; "
+        f"{candidate.questions} questions, set {candidate.questions_sha256[:12]}, "
+        f"{candidate.backend}): {'passed' if decision.passed else 'REFUSED'}: {decision.reason}",
+        f"  {'':<10} {'index':<25} {'hit rate':>8} {'MRR':>8}",
+    ]
+    for label, evaluation in (("serving", decision.serving), ("candidate", candidate)):
+        if evaluation is not None:
+            lines.append(
+                f"  {label:<10} {evaluation.index_id:<25} "
+                f"{evaluation.hit_rate:8.4f} {evaluation.mrr:8.4f}"
+            )
+    return "\n".join(lines)
+
+
+def _print_evaluation(evaluation: Evaluation, stored: bool) -> None:
+    """An evaluation as a table: one row per question, then the totals."""
+    print(
+        f"index {evaluation.index_id} ({evaluation.backend}, {evaluation.model}): "
+        f"{evaluation.questions} questions, set {evaluation.questions_sha256[:12]}, "
+        f"k={evaluation.k}"
+    )
+    print(f"{'#':>3}  {'hit':<3} {'rank':>4}  {'question':<52} first retrieved")
+    for n, result in enumerate(evaluation.results, 1):
+        question = result.question if len(result.question) <= 52 else result.question[:51] + "…"
+        rank = str(result.rank) if result.rank else "-"
+        first = result.retrieved[0] if result.retrieved else "-"
+        hit = "yes" if result.hit else "no"
+        print(f"{n:>3}  {hit:<3} {rank:>4}  {question:<52} {first}")
+    how = "read back from the store" if stored else f"computed in {evaluation.seconds:.1f} s"
+    print(f"hit rate {evaluation.hit_rate:.4f}   MRR {evaluation.mrr:.4f}   ({how})")
 
 
 def _print_plan(run: DryRun, model: str, args: argparse.Namespace) -> None:
@@ -385,6 +595,14 @@ def main(argv: list[str] | None = None) -> int:
         # The reader of our output went away (`list | head`): normal for a command line tool.
         # Later writes, and the flush at exit, go nowhere instead of failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except PromotionRefused as exc:
+        print(_figures(exc.decision), file=sys.stderr)
+        print(
+            f"refused: channel {exc.channel} not moved to {exc.manifest.index_id}, which stays "
+            "published (pass --force to move it anyway)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     except WriteConflict as exc:
         print(
             f"error: {redact(exc.message)} "
@@ -427,15 +645,23 @@ def _command(
         if cluster is not None:
             cluster.alias(args.channel)
         progress = Progress()
-        pointer = promote(
-            store,
-            args.channel,
-            args.index,
-            expected_index=args.expect,
-            create_channel=args.create_channel,
-            mirror=cluster,
-            progress=progress,
-        )
+        gate = _gate(args, settings, store)
+        try:
+            pointer = promote(
+                store,
+                args.channel,
+                args.index,
+                expected_index=args.expect,
+                create_channel=args.create_channel,
+                mirror=cluster,
+                progress=progress,
+                gate=gate,
+            )
+        finally:
+            if gate is not None:
+                gate.evaluator.close()
+        if gate is not None and gate.decision is not None:
+            print(_figures(gate.decision), file=sys.stderr)
         print(f"channel {args.channel} -> {pointer.index_id}")
         if cluster is not None:
             print(progress.summary(), file=sys.stderr)
@@ -467,6 +693,18 @@ def _command(
         print(name)
         if not is_index_id(args.name):
             print(f"{_pointer(cluster)} {cluster.alias(args.name)} -> {name}")
+    elif args.command == "eval":
+        evaluator = _evaluator(args, settings, store)
+        try:
+            evaluation = evaluator.evaluate(args.name)
+        finally:
+            evaluator.close()
+        if (args.format or ("table" if sys.stdout.isatty() else "json")) == "table":
+            _print_evaluation(evaluation, stored=evaluator.computed == 0)
+        else:
+            print(evaluation.model_dump_json(indent=2))
+    elif args.command == "questions":
+        _draft(args, settings, store)
     elif args.command == "gc":
         collected = collect_garbage(store, args.keep, dry_run=args.dry_run, mirror=cluster)
         for index_id in collected.indexes:
@@ -478,6 +716,42 @@ def _command(
                 ("would delete " if args.dry_run else "deleted ")
                 + f"{cluster.label.lower() if cluster else ''} {name}"
             )
+
+
+def _draft(args: argparse.Namespace, settings: Settings, store: Store) -> None:
+    """``questions``: draft a question set from an index's chunks with the Ollama LLM."""
+    import tempfile
+    from pathlib import Path
+
+    from functions.catalog import fetch_artifact, read_manifest
+    from functions.engine import ollama_llm
+
+    from .quality import draft_questions
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigurationError(f"{out} exists: the draft is never written over a file")
+    manifest = read_manifest(store, args.name)
+    with tempfile.TemporaryDirectory(prefix="rag-questions-") as tmp:
+        artifact = fetch_artifact(store, manifest, Path(tmp))
+        records = [artifact.record(row) for row in range(len(artifact))]
+    llm = ollama_llm(
+        settings.llm_model,
+        settings.ollama_host,
+        context_window=settings.llm_context_window,
+        timeout_s=settings.llm_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+    )
+    drafted = draft_questions(
+        records, llm, index_id=manifest.index_id, count=args.count, per_chunk=args.per_chunk
+    )
+    with out.open("x", encoding="utf-8") as file:
+        file.write(drafted.model_dump_json(indent=2, exclude_none=True) + "\n")
+    print(
+        f"wrote {len(drafted.questions)} questions about {manifest.index_id} to {out}: "
+        "generated, review them before they gate a channel",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

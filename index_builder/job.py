@@ -26,7 +26,7 @@ from functions.storage import Store
 from .build import BuildPlan, build_artifact, default_chunk_size, plan_build
 from .limits import Limits
 from .progress import Progress
-from .publish import Mirror, missing_channel, publish
+from .publish import Check, Mirror, missing_channel, publish
 from .sources import OnUnreadable, load_documents
 
 __all__ = ["DryRun", "dry_run", "run_build"]
@@ -62,9 +62,10 @@ def run_build(
     limits: Limits | None = None,
     progress: Progress | None = None,
     mirror: Mirror | None = None,
+    gate: Check | None = None,
 ) -> Manifest:
     """Build an index of ``source`` and publish it (and load it into ``mirror``); move
-    ``channel`` to it if given.
+    ``channel`` to it if given, and if ``gate`` (when given) lets it.
 
     Before anything is read or embedded, the store must be writable (a missing bucket, wrong
     credentials or a server without conditional writes fail here, not after an hour of
@@ -73,7 +74,7 @@ def run_build(
     """
     progress = progress or Progress(bars=False)
     with tempfile.TemporaryDirectory(prefix="rag-build-") as tmp:
-        expected_etag, manifest = _current(store, channel, embedder, create_channel)
+        expected_etag, serving, manifest = _current(store, channel, embedder, create_channel)
         store.check(write=True)
         previous = (
             fetch_artifact(store, manifest, Path(tmp) / "previous")
@@ -98,6 +99,8 @@ def run_build(
             expected_etag=expected_etag,
             progress=progress,
             mirror=mirror,
+            gate=gate,
+            serving=serving,
         )
 
 
@@ -121,7 +124,7 @@ def dry_run(
     """
     store.check()
     with tempfile.TemporaryDirectory(prefix="rag-plan-") as tmp:
-        _, manifest = _current(store, channel, embedder, create_channel)
+        _, _, manifest = _current(store, channel, embedder, create_channel)
         hashes: list[bytes] | None = None
         if manifest is not None:
             path = fetch_file(store, manifest, "hashes.bin", Path(tmp))
@@ -145,22 +148,23 @@ def dry_run(
 
 def _current(
     store: Store, channel: str | None, embedder: Embedder, create_channel: bool
-) -> tuple[str | None, Manifest | None]:
-    """The channel's ETag (for the final compare-and-swap), and its index's manifest when that
-    index was built with the same model (other models' vectors cannot be reused)."""
+) -> tuple[str | None, str | None, Manifest | None]:
+    """The channel's ETag (for the final compare-and-swap), the index it names (the gate's
+    serving index), and that index's manifest when it was built with the same model (other
+    models' vectors cannot be reused)."""
     if not channel:
-        return None, None
+        return None, None, None
     channel_key(channel)  # refuse a bad name before an hour of embedding, not after
     try:
         pointer, etag = read_channel(store, channel)
     except ObjectNotFound:
         if not create_channel:
             raise missing_channel(store, channel) from None
-        return None, None
+        return None, None, None
     manifest = read_manifest(store, pointer.index_id)
     if (manifest.embedding.provider, manifest.embedding.model) != (
         embedder.provider,
         embedder.model,
     ):
-        return etag, None
-    return etag, manifest
+        return etag, pointer.index_id, None
+    return etag, pointer.index_id, manifest

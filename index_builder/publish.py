@@ -40,6 +40,7 @@ from functions.storage import Store
 from .progress import Progress
 
 __all__ = [
+    "Check",
     "Collected",
     "IndexInfo",
     "Mirror",
@@ -75,6 +76,11 @@ class Mirror(Protocol):
     def collect(self, kept: set[str], *, dry_run: bool, incomplete_after: timedelta) -> list[str]:
         """Delete what no channel there names and ``kept`` lacks; returns what it deleted."""
         ...
+
+
+# The quality gate (``quality.ChannelGate``): given the channel, the candidate's manifest and the
+# index the channel names (None: none yet), it returns, or raises ``PromotionRefused``.
+Check = Callable[[str, Manifest, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -148,10 +154,16 @@ def publish(
     expected_etag: str | None,
     progress: Progress | None = None,
     mirror: Mirror | None = None,
+    gate: Check | None = None,
+    serving: str | None = None,
 ) -> Manifest:
     """Upload an index, load it into ``mirror``, and, if asked, move ``channel`` to it by
     compare-and-swap, then the mirror's channel; returns the manifest as published (an identical
-    index already in the store keeps its own)."""
+    index already in the store keeps its own).
+
+    ``gate``: asked before the channel moves, with ``serving``, the index the channel named
+    when ``expected_etag`` was read; when it refuses, the index stays published, unpromoted.
+    """
     progress = progress or Progress(bars=False)
     data = upload_index(store, directory, manifest, progress)
     published = parse_manifest(data)
@@ -160,6 +172,8 @@ def publish(
         files = {name: directory / name for name in DATA_FILES}  # the files just uploaded
         mirror.load(published, sha256, lambda _: Artifact(published, files), progress)
     if channel is not None:
+        if gate is not None:
+            gate(channel, published, serving)
         pointer = Pointer(
             index_id=manifest.index_id,
             manifest_sha256=sha256,
@@ -180,9 +194,11 @@ def promote(
     create_channel: bool = False,
     mirror: Mirror | None = None,
     progress: Progress | None = None,
+    gate: Check | None = None,
 ) -> Pointer:
     """Point ``channel`` at an existing, valid index (compare-and-swap on the current pointer),
-    loading it into ``mirror`` first and moving the mirror's channel after.
+    loading it into ``mirror`` first and moving the mirror's channel after; ``gate``, when
+    given, is asked before the channel moves (after the load: it may evaluate in the mirror).
 
     A channel that does not exist yet is created only with ``create_channel``: a typo in a
     channel's name must not quietly start a channel nothing follows.
@@ -191,6 +207,7 @@ def promote(
     index_key(index_id)  # an index id, not a channel name (read_manifest would take either)
     manifest = read_manifest(store, index_id)  # refuses a missing, incomplete or unreadable index
     data = store.get(index_key(index_id)).data
+    current: Pointer | None = None
     try:
         current, etag = read_channel(store, channel)
     except ObjectNotFound:
@@ -219,6 +236,8 @@ def promote(
             lambda folder: fetch_artifact(store, manifest, folder),
             progress or Progress(bars=False),
         )
+    if gate is not None:
+        gate(channel, manifest, current.index_id if current is not None else None)
     move_channel(store, channel, pointer, expected_etag=expected)
     if mirror is not None:
         _follow(store, mirror, channel, index_id)
