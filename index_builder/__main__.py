@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from functions.catalog import is_index_id
-from functions.embeddings import Embedder, make_embedder
+from functions.embeddings import make_embedder
 from functions.errors import ConfigurationError, RagError, WriteConflict
 from functions.events import INDEX_PROMOTION_REFUSED, INDEX_PUBLISHED
 from functions.events import publish as publish_event
@@ -428,40 +428,23 @@ def _announce(sink: str, event_type: str, data: dict[str, Any]) -> None:
 def _evaluator(args: argparse.Namespace, settings: Settings, store: Store) -> Evaluator:
     """The evaluator of ``--questions`` at ``--k``, through the serving backend the global
     options name: Elasticsearch or PostgreSQL where given, else the artifact (exact search)."""
-    from .quality import Evaluator, artifact_evaluator, read_questions
+    from .quality import make_evaluator, read_questions
 
     if not args.questions:
         raise ConfigurationError("no question set: pass --questions or set RAG_EVAL_QUESTIONS")
     questions = read_questions(args.questions)
+    if args.elasticsearch:
+        update: dict[str, Any] = {
+            "backend": "elasticsearch",
+            "elasticsearch_url": args.elasticsearch,
+        }
+    elif args.postgres:
+        from pydantic import SecretStr
 
-    def embedder_for(provider: str, model: str) -> Embedder:
-        return make_embedder(provider, model, ollama_host=settings.ollama_host, queries=True)
-
-    if not (args.elasticsearch or args.postgres):
-        return artifact_evaluator(
-            store,
-            questions,
-            embedder_for,
-            k=args.k,
-            probe_min_cosine=settings.probe_min_cosine,
-        )
-    from pydantic import SecretStr
-
-    from functions.composition import make_backend
-
-    serving = settings.model_copy(
-        update={"backend": "elasticsearch", "elasticsearch_url": args.elasticsearch}
-        if args.elasticsearch
-        else {"backend": "postgres", "postgres_dsn": SecretStr(args.postgres)}
-    )
-    return Evaluator(
-        store,
-        questions,
-        make_backend(serving, store=store),
-        embedder_for,
-        k=args.k,
-        probe_min_cosine=settings.probe_min_cosine,
-    )
+        update = {"backend": "postgres", "postgres_dsn": SecretStr(args.postgres)}
+    else:
+        update = {"backend": "artifact"}
+    return make_evaluator(settings.model_copy(update=update), store, questions, k=args.k)
 
 
 def _gate(args: argparse.Namespace, settings: Settings, store: Store) -> ChannelGate | None:

@@ -35,6 +35,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -45,9 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from functions.artifact import Manifest, NodeRecord
 from functions.catalog import index_key, is_index_id, read_pointer
-from functions.embeddings import Embedder
+from functions.embeddings import Embedder, make_embedder
 from functions.errors import ConfigurationError, ObjectNotFound, WriteConflict
 from functions.loader import check_model
+from functions.settings import Settings
 from functions.storage import Store, open_store
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ __all__ = [
     "artifact_evaluator",
     "decide",
     "draft_questions",
+    "make_evaluator",
     "read_questions",
 ]
 
@@ -418,6 +421,34 @@ def decide(gate: Gate, candidate: Evaluation, serving: Evaluation | None) -> Dec
     return Decision(passed=True, reason=reason, gate=gate, candidate=candidate, serving=serving)
 
 
+def make_evaluator(
+    settings: Settings, store: Store, questions: QuestionSet, *, k: int | None = None
+) -> Evaluator:
+    """The evaluator through the backend ``settings.backend`` names (RAG_BACKEND): the artifact
+    (downloaded and searched exactly), or the index loaded into Elasticsearch or PostgreSQL
+    searched as the function searches it; queries embedded by each index's own model, from
+    OLLAMA_HOST or the local provider."""
+
+    def embedder_for(provider: str, model: str) -> Embedder:
+        return make_embedder(provider, model, ollama_host=settings.ollama_host, queries=True)
+
+    k = k or settings.eval_k
+    if settings.backend == "artifact":
+        return artifact_evaluator(
+            store, questions, embedder_for, k=k, probe_min_cosine=settings.probe_min_cosine
+        )
+    from functions.composition import make_backend
+
+    return Evaluator(
+        store,
+        questions,
+        make_backend(settings, store=store),
+        embedder_for,
+        k=k,
+        probe_min_cosine=settings.probe_min_cosine,
+    )
+
+
 def artifact_evaluator(
     store: Store,
     questions: QuestionSet,
@@ -477,10 +508,14 @@ def draft_questions(
     drafted: list[Question] = []
     for record in chosen:
         node = TextNode(text=record.text, id_=record.id)
-        generator = DatasetGenerator([node], llm=llm, num_questions_per_chunk=per_chunk)
         source = str(record.metadata.get("source") or record.doc_id)
-        for text in generator.generate_questions_from_nodes()[:per_chunk]:
-            drafted.append(Question(question=text, sources=[source]))
+        # One generator a chunk, so that each question keeps its chunk. LlamaIndex deprecates
+        # DatasetGenerator for RagDatasetGenerator, which the installed core no longer ships.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            generator = DatasetGenerator([node], llm=llm, num_questions_per_chunk=per_chunk)
+            asked = generator.generate_questions_from_nodes()
+        drafted.extend(Question(question=text, sources=[source]) for text in asked[:per_chunk])
     if not drafted:
         raise ConfigurationError("the LLM asked no questions")
     model = getattr(llm, "model", type(llm).__name__)

@@ -60,7 +60,7 @@ def test_the_pages_show_the_builder_s_commands() -> None:
     assert commands == _VERBS
 
 
-_VERBS = {"build", "list", "promote", "load", "gc"}
+_VERBS = {"build", "list", "promote", "load", "gc", "eval", "questions"}
 
 
 @pytest.mark.parametrize(("label", "argv"), _documented(), ids=[x[0] for x in _documented()])
