@@ -34,11 +34,11 @@ from .publish import catalog, collect_garbage, load, promote
 from .quality import (
     EXIT_REFUSED,
     ChannelGate,
-    Decision,
     Evaluation,
     Evaluator,
     Gate,
     PromotionRefused,
+    figures,
 )
 
 if TYPE_CHECKING:
@@ -369,7 +369,7 @@ def _build(
     size = sum(entry.size for entry in manifest.files.values())
     print(progress.summary(), file=sys.stderr)
     if gate is not None and gate.decision is not None:
-        print(_figures(gate.decision), file=sys.stderr)
+        print(figures(gate.decision), file=sys.stderr)
     if args.channel and settings.sink:
         # The channel pointer is the truth; the event only saves followers a wait. A failed send
         # is reported, not fatal.
@@ -454,25 +454,6 @@ def _gate(args: argparse.Namespace, settings: Settings, store: Store) -> Channel
         return None
     gate = Gate(metric=args.gate_metric, tolerance=args.tolerance, floor=args.floor)
     return ChannelGate(_evaluator(args, settings, store), gate, enforce=not args.force)
-
-
-def _figures(decision: Decision) -> str:
-    """The gate's decision with both indexes' figures, for a terminal or a log."""
-    gate, candidate = decision.gate, decision.candidate
-    floor = f", floor {gate.floor:g}" if gate.floor is not None else ""
-    lines = [
-        f"quality gate ({gate.metric} at k={candidate.k}, tolerance {gate.tolerance:g}{floor}; "
-        f"{candidate.questions} questions, set {candidate.questions_sha256[:12]}, "
-        f"{candidate.backend}): {'passed' if decision.passed else 'REFUSED'}: {decision.reason}",
-        f"  {'':<10} {'index':<25} {'hit rate':>8} {'MRR':>8}",
-    ]
-    for label, evaluation in (("serving", decision.serving), ("candidate", candidate)):
-        if evaluation is not None:
-            lines.append(
-                f"  {label:<10} {evaluation.index_id:<25} "
-                f"{evaluation.hit_rate:8.4f} {evaluation.mrr:8.4f}"
-            )
-    return "\n".join(lines)
 
 
 def _print_evaluation(evaluation: Evaluation, stored: bool) -> None:
@@ -579,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         # Later writes, and the flush at exit, go nowhere instead of failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except PromotionRefused as exc:
-        print(_figures(exc.decision), file=sys.stderr)
+        print(figures(exc.decision), file=sys.stderr)
         print(
             f"refused: channel {exc.channel} not moved to {exc.manifest.index_id}, which stays "
             "published (pass --force to move it anyway)",
@@ -644,7 +625,7 @@ def _command(
             if gate is not None:
                 gate.evaluator.close()
         if gate is not None and gate.decision is not None:
-            print(_figures(gate.decision), file=sys.stderr)
+            print(figures(gate.decision), file=sys.stderr)
         print(f"channel {args.channel} -> {pointer.index_id}")
         if cluster is not None:
             print(progress.summary(), file=sys.stderr)

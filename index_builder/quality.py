@@ -19,7 +19,7 @@ exact search, Elasticsearch or PostgreSQL) with the index's own embedding model,
 its probe, and scores the top ``k`` with LlamaIndex's own ``HitRate`` and ``MRR`` (the defaults:
 a hit is any relevant chunk in the top k; the reciprocal rank is that of the first); the totals
 are their means over the questions, as ``RetrieverEvaluator`` users compute them. The result is
-stored beside the index, ``indexes/<id>/eval/<set's sha256>-<backend>-k<k>.json``, written once
+stored beside the index, ``indexes/<id>/eval/v1/<set's sha256>-<backend>-k<k>.json``, written once
 (create-only) and read back instead of computed again; gc deletes it with the index.
 
 ``decide`` is the gate: a candidate passes when its metric is at least the serving index's less
@@ -67,6 +67,7 @@ __all__ = [
     "artifact_evaluator",
     "decide",
     "draft_questions",
+    "figures",
     "make_evaluator",
     "read_questions",
 ]
@@ -75,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_REFUSED = 4  # the builder's exit status when the gate refused to move a channel
 _EPSILON = 1e-9
+SCORING = 1  # how a chunk is judged relevant and scored: raise it when that changes
 _RELEVANT = "\0relevant"  # the id every relevant chunk gets in LlamaIndex's metrics
 
 
@@ -229,8 +231,9 @@ def score(question: Question, records: list[NodeRecord]) -> Scored:
 
 
 def result_key(index_id: str, questions_sha256: str, backend: str, k: int) -> str:
-    """Where an evaluation is kept: beside the index, so gc deletes it with the index."""
-    return index_key(index_id, f"eval/{questions_sha256}-{backend}-k{k}.json")
+    """Where an evaluation is kept: beside the index, so gc deletes it with the index; under
+    ``SCORING``, so figures stored before a change to how answers are judged are not reused."""
+    return index_key(index_id, f"eval/v{SCORING}/{questions_sha256}-{backend}-k{k}.json")
 
 
 class Evaluator:
@@ -257,6 +260,8 @@ class Evaluator:
         self.probe_min_cosine = probe_min_cosine
         self._embedder_for = embedder_for
         self._embedders: dict[tuple[str, str], Embedder] = {}
+        # The questions' vectors by model: the gate evaluates two indexes, mostly of one model.
+        self._vectors: dict[tuple[str, str], list[Any]] = {}
         self.computed = 0  # evaluations computed, not read back (for tests and logs)
         self.on_close: Callable[[], None] | None = None
 
@@ -295,10 +300,9 @@ class Evaluator:
         started = time.perf_counter()
         with self._opened(index_id) as searcher:
             manifest = searcher.manifest
-            embedder = self._embedder(manifest)
+            vectors = self._query_vectors(manifest)
             results = []
-            for question in self.questions.questions:
-                vector = embedder.embed_query(question.question)
+            for question, vector in zip(self.questions.questions, vectors, strict=True):
                 hits = searcher.search(vector, self.k, None, text=question.question)
                 results.append(score(question, [hit.record for hit in hits]))
         self.computed += 1
@@ -327,6 +331,16 @@ class Evaluator:
             yield searcher
         finally:
             self.backend.retire(searcher)
+
+    def _query_vectors(self, manifest: Manifest) -> list[Any]:
+        """Every question embedded as the function embeds a query, once per model."""
+        model = (manifest.embedding.provider, manifest.embedding.model)
+        if model not in self._vectors:
+            embedder = self._embedder(manifest)
+            self._vectors[model] = [
+                embedder.embed_query(q.question) for q in self.questions.questions
+            ]
+        return self._vectors[model]
 
     def _embedder(self, manifest: Manifest) -> Embedder:
         model = (manifest.embedding.provider, manifest.embedding.model)
@@ -376,6 +390,25 @@ class Decision(BaseModel):
             "candidate": self.candidate.summary(),
             "serving": self.serving.summary() if self.serving is not None else None,
         }
+
+
+def figures(decision: Decision) -> str:
+    """The gate's decision with both indexes' figures, for a terminal or a log."""
+    gate, candidate = decision.gate, decision.candidate
+    floor = f", floor {gate.floor:g}" if gate.floor is not None else ""
+    lines = [
+        f"quality gate ({gate.metric} at k={candidate.k}, tolerance {gate.tolerance:g}{floor}; "
+        f"{candidate.questions} questions, set {candidate.questions_sha256[:12]}, "
+        f"{candidate.backend}): {'passed' if decision.passed else 'REFUSED'}: {decision.reason}",
+        f"  {'':<10} {'index':<25} {'hit rate':>8} {'MRR':>8}",
+    ]
+    for label, evaluation in (("serving", decision.serving), ("candidate", candidate)):
+        if evaluation is not None:
+            lines.append(
+                f"  {label:<10} {evaluation.index_id:<25} "
+                f"{evaluation.hit_rate:8.4f} {evaluation.mrr:8.4f}"
+            )
+    return "\n".join(lines)
 
 
 class PromotionRefused(Exception):
@@ -432,7 +465,7 @@ def make_evaluator(
     def embedder_for(provider: str, model: str) -> Embedder:
         return make_embedder(provider, model, ollama_host=settings.ollama_host, queries=True)
 
-    k = k or settings.eval_k
+    k = settings.eval_k if k is None else k
     if settings.backend == "artifact":
         return artifact_evaluator(
             store, questions, embedder_for, k=k, probe_min_cosine=settings.probe_min_cosine

@@ -4,6 +4,7 @@
     python -m scripts.release init <index id>    # the first deployment: that index at 100 %
     python -m scripts.release init <index id> --force   # start over: drop every other revision
     python -m scripts.release green <index id>   # the new index's revision at 0 %, tag green
+    python -m scripts.release green <index id> --force  # deploy it whatever the quality gate says
     python -m scripts.release shift <percent>    # send <percent> of requests to green
     python -m scripts.release promote            # green takes 100 %; the old one stays, tagged
     python -m scripts.release rollback           # undo the last move of traffic (see below)
@@ -21,6 +22,15 @@ nothing to go back to, and ``init`` once a revision of a real index (not the shi
 current, or a green or previous one exists, unless ``--force`` says to drop them. A refusal is one
 line ``refused: <reason>`` on stderr, exit status 1, and release.yaml byte for byte as it was.
 Apply with ``kubectl apply -k knative/overlays/prod``.
+
+``green`` is gated on retrieval quality where RAG_EVAL_QUESTIONS names a question set (the
+builder's: index_builder.quality). Once the step passes the checks above and before release.yaml
+is written, it evaluates the candidate and the index the revision tagged ``current`` serves (none
+for the shipped example), both read from RAG_STORE_URI through RAG_BACKEND (results are stored
+beside each index), prints both indexes' hit rate and MRR and the gate's decision on stderr, and
+refuses a candidate that fails the gate (RAG_EVAL_METRIC, RAG_EVAL_TOLERANCE, RAG_EVAL_FLOOR)
+unless ``--force`` says to deploy it anyway. An index that cannot be evaluated is refused, forced
+or not. Without RAG_EVAL_QUESTIONS, green is not gated, and says so on stderr once it is done.
 """
 
 from __future__ import annotations
@@ -132,7 +142,7 @@ def _init(args: list[str]) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _green(roles: Roles, args: list[str]) -> tuple[str, Roles]:
-    index_id = _index_id("green", args)
+    index_id = _index_id("green", [arg for arg in args if arg != "--force"])
     revision = f"{SERVICE}-{index_id}"
     current, green, previous = roles["current"], roles.get("green"), roles.get("previous")
     if revision == current["revisionName"]:
@@ -197,8 +207,8 @@ def step(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
         return _init(args)
     if command not in ("green", "shift", "promote", "rollback"):
         raise Refused(f"unknown step {command!r}: status, init, green, shift, promote or rollback")
-    if "--force" in args:
-        raise Refused("--force is for init only")
+    if "--force" in args and command != "green":
+        raise Refused("--force is for init and green only")
     if args and command in ("promote", "rollback"):
         raise Refused(f"{command} takes no arguments")
     index_id, roles = _released()
@@ -215,9 +225,72 @@ def step(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
     return index_id, after
 
 
+def _gate(index_id: str, current: str, *, force: bool) -> bool:
+    """Refuse the candidate ``index_id`` where the question set's gate does not pass it against
+    the index of the ``current`` revision (unless ``force``); the figures go to stderr. False
+    where no question set is given: nothing is gated."""
+    from pydantic import ValidationError
+
+    from functions.errors import RagError
+    from functions.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join(str(part) for part in first["loc"])
+        raise Refused(f"the settings are invalid: {at}: {first['msg']}") from None
+    if not settings.eval_questions:
+        return False
+    if not settings.store_uri:
+        raise Refused(
+            "RAG_EVAL_QUESTIONS is set but RAG_STORE_URI is not: the quality gate reads both "
+            "indexes from the store (set it, or unset RAG_EVAL_QUESTIONS to deploy ungated)"
+        )
+    from functions.errors import ObjectNotFound
+    from functions.storage import open_store
+    from index_builder.quality import Gate, decide, figures, make_evaluator, read_questions
+
+    gate = Gate(
+        metric=settings.eval_metric, tolerance=settings.eval_tolerance, floor=settings.eval_floor
+    )
+    serving = current.removeprefix(f"{SERVICE}-")
+    try:
+        evaluator = make_evaluator(
+            settings, open_store(settings.store_uri), read_questions(settings.eval_questions)
+        )
+        try:
+            candidate = evaluator.evaluate(index_id)
+            now = None  # the shipped example exists in no store: green has nothing to beat
+            if is_index_id(serving) and serving != EXAMPLE_ID:
+                try:
+                    now = evaluator.evaluate(serving)
+                except ObjectNotFound:  # gc keeps what channels name, not what revisions pin
+                    print(
+                        f"the current revision's index {serving} is no longer in the store: "
+                        "the candidate is compared with nothing (only RAG_EVAL_FLOOR can refuse)",
+                        file=sys.stderr,
+                    )
+        finally:
+            evaluator.close()
+    except RagError as exc:
+        raise Refused(str(exc)) from exc
+    decision = decide(gate, candidate, now)
+    print(figures(decision), file=sys.stderr)
+    if not decision.passed:
+        if not force:
+            raise Refused(f"{decision.reason}: pass --force to deploy it anyway")
+        print(f"quality gate overridden by --force: deploying {index_id}", file=sys.stderr)
+    return True
+
+
 def _apply(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
     """Take one step; restore release.yaml byte for byte if the rendered overlay breaks a rule."""
     index_id, traffic = step(command, args)
+    gated = False
+    if command == "green":
+        current = next(entry for entry in traffic if entry.get("tag") == "current")
+        gated = _gate(index_id, str(current["revisionName"]), force="--force" in args)
     before = RELEASE.read_bytes()
     RELEASE.write_text(_dump(index_id, traffic))
     rendered = subprocess.run(
@@ -234,6 +307,8 @@ def _apply(command: str, args: list[str]) -> tuple[str, list[dict[str, Any]]]:
     if problems:
         RELEASE.write_bytes(before)
         raise Refused("; ".join(problems))
+    if command == "green" and not gated:  # said once it is done, so a refusal stays one line
+        print("no question set (RAG_EVAL_QUESTIONS): green is not gated", file=sys.stderr)
     return index_id, traffic
 
 

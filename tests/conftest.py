@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -255,14 +257,21 @@ def elasticsearch_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL 16 with pgvector (the pgserver wheel) on a loopback port, for the
     session (tests/postgres_server.py)."""
     from .postgres_server import start_postgres
 
-    found = start_postgres(tmp_path_factory.mktemp("postgres") / "data")
-    yield found
-    found.stop()
+    # Outside pytest's own temporary folder: pgserver opens the folders above the data folder
+    # to the system user it runs as, and another pytest run starting meanwhile closes
+    # /tmp/pytest-of-<user> again (mode 0700), which left this server unstoppable.
+    folder = Path(tempfile.mkdtemp(prefix="knative-rag-pg-"))
+    found = start_postgres(folder / "data")
+    try:
+        yield found
+        found.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

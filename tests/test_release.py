@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,18 @@ from scripts import release
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD, NEW, THIRD = "20261127-081500-3f2a9c1d", "20261128-060000-aaaabbbb", "20261129-060000-ccccdddd"
+QUESTIONS = ROOT / "tests" / "data" / "questions.json"
+UNGATED = "no question set (RAG_EVAL_QUESTIONS): green is not gated\n"
+# Text about nothing the question set asks, in place of half of docs/ in the worse candidate.
+UNRELATED = (
+    "Sourdough starter wants flour and water fed twice a day; a warm kitchen makes it rise faster.",
+    "Tomato seedlings grow leggy without enough light; plant them deep when moving them outdoors.",
+    "A sloop carries one mast; reefing the mainsail early keeps her upright when the wind builds.",
+    "The Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced middlegames.",
+    "Herons stand motionless in shallow water and strike at fish with their long, sharp bills.",
+    "Stoneware clay is fired hotter than earthenware and comes out of the kiln dense and strong.",
+    "Jupiter's four large moons were first seen by Galileo through a small refracting telescope.",
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl renders the overlay"
@@ -20,6 +33,7 @@ def overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(ROOT / "knative", tmp_path / "knative")
     path = tmp_path / "knative" / "overlays" / "prod" / "release.yaml"
     monkeypatch.setattr(release, "RELEASE", path)
+    monkeypatch.delenv("RAG_EVAL_QUESTIONS", raising=False)  # green is ungated unless a test says
     return path
 
 
@@ -138,7 +152,7 @@ def test_rollback_undoes_the_last_move_of_traffic(
             ["green", NEW],
             "green already takes traffic: promote or roll back first",
         ),
-        ([], ["green", NEW, "--force"], "--force is for init only"),
+        ([], ["shift", "10", "--force"], "--force is for init and green only"),
         ([], ["shift", "10"], "shift needs a green revision: deploy one with green <index id>"),
         ([["green", NEW]], ["shift", "150"], "shift needs one percent 0..100, like shift 10"),
         ([["green", NEW]], ["shift", "-5"], "shift needs one percent 0..100, like shift 10"),
@@ -199,7 +213,7 @@ def test_rollback_undoes_the_last_move_of_traffic(
         "green-previous",
         "green-while-green-takes-traffic",
         "green-same-while-it-takes-traffic",
-        "green-force",
+        "shift-force",
         "shift-no-green",
         "shift-over-100",
         "shift-negative",
@@ -272,3 +286,165 @@ def test_a_step_the_webhook_would_reject_is_refused(
         f" rag-query: revision 'other-{NEW}' is not one of this service's\n"
     )
     assert overlay.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """A folder store with two real indexes: all of docs/, and docs/ with every other document
+    replaced by unrelated text (the questions about those find nothing). Both are built on one
+    channel so that the second reuses the first's vectors of the documents it keeps."""
+    from functions.embeddings import LocalEmbedder
+    from functions.storage import open_store
+    from index_builder.job import run_build
+
+    embedder = LocalEmbedder()
+    store_uri = str(tmp_path_factory.mktemp("store"))
+    store = open_store(store_uri)
+    full = run_build(
+        store, str(ROOT / "docs"), embedder, channel="test", create_channel=True
+    ).index_id
+    worse = tmp_path_factory.mktemp("worse")
+    for n, doc in enumerate(sorted((ROOT / "docs").glob("*.md"))):
+        if n % 2:
+            (worse / f"unrelated-{n:02d}.md").write_text(f"# Notes\n\n{UNRELATED[n // 2]}\n")
+        else:
+            shutil.copy(doc, worse / doc.name)
+    degraded = run_build(store, str(worse), embedder, channel="test").index_id
+    return store_uri, full, degraded
+
+
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch, indexes: tuple[str, str, str]) -> tuple[str, str]:
+    """The question set gates green, with the gate's defaults; the full and the worse index."""
+    store_uri, full, degraded = indexes
+    for name in ("RAG_BACKEND", "RAG_EVAL_K", "RAG_EVAL_METRIC", "RAG_EVAL_TOLERANCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RAG_EVAL_FLOOR", raising=False)
+    monkeypatch.setenv("RAG_EVAL_QUESTIONS", str(QUESTIONS))
+    monkeypatch.setenv("RAG_STORE_URI", store_uri)
+    return full, degraded
+
+
+def figures(err: str, label: str, index_id: str) -> tuple[float, float]:
+    """The hit rate and MRR the gate's table prints for one index."""
+    found = re.search(rf"^  {label} +{index_id} +([\d.]+) +([\d.]+)$", err, re.MULTILINE)
+    assert found, err
+    return float(found[1]), float(found[2])
+
+
+@pytest.mark.semantic
+def test_green_refuses_a_worse_candidate_and_shows_both_figures(
+    overlay: Path, gated: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    full, degraded = gated
+    assert release.main(["init", full]) == 0
+    before = overlay.read_bytes()
+    capsys.readouterr()
+    assert release.main(["green", degraded]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    serving, candidate = figures(err, "serving", full), figures(err, "candidate", degraded)
+    assert candidate[0] < serving[0]  # hit rate
+    assert candidate[1] < serving[1] - 0.1  # MRR, well past the tolerance
+    assert "REFUSED" in err
+    last = err.splitlines()[-1]
+    assert last.startswith("refused: mrr ")
+    assert "below the serving index's" in last
+    assert last.endswith(": pass --force to deploy it anyway")
+    assert overlay.read_bytes() == before
+
+
+@pytest.mark.semantic
+def test_green_force_deploys_a_worse_candidate_and_says_so(
+    gated: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    full, degraded = gated
+    assert release.main(["init", full]) == 0
+    capsys.readouterr()
+    assert release.main(["green", degraded, "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert traffic() == [(full, 100, "current"), (degraded, 0, "green")]
+    assert f"100 %  rag-query-{full}  tag current" in out
+    figures(err, "serving", full)
+    figures(err, "candidate", degraded)
+    assert "REFUSED" in err
+    assert f"quality gate overridden by --force: deploying {degraded}" in err
+
+
+@pytest.mark.semantic
+def test_green_passes_a_candidate_no_worse(
+    gated: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    full, degraded = gated
+    assert release.main(["init", degraded]) == 0
+    capsys.readouterr()
+    assert release.main(["green", full]) == 0
+    err = capsys.readouterr().err
+    assert traffic() == [(degraded, 100, "current"), (full, 0, "green")]
+    assert figures(err, "candidate", full)[1] >= figures(err, "serving", degraded)[1]
+    assert "): passed: mrr " in err
+    assert "refused" not in err
+
+
+@pytest.mark.semantic
+def test_green_over_the_shipped_example_has_no_serving_index(
+    monkeypatch: pytest.MonkeyPatch, gated: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, degraded = gated
+    assert release.main(["green", degraded]) == 0
+    err = capsys.readouterr().err
+    assert "passed: no serving index to compare with" in err
+    assert "  serving " not in err
+    figures(err, "candidate", degraded)
+    # The floor still holds where there is nothing to compare with.
+    monkeypatch.setenv("RAG_EVAL_FLOOR", "0.9")
+    assert release.main(["green", degraded]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("refused: mrr ")
+
+
+@pytest.mark.semantic
+def test_green_of_an_index_missing_from_the_store_is_refused(
+    overlay: Path, gated: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = overlay.read_bytes()
+    assert release.main(["green", NEW]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("refused: ")
+    assert err.count("\n") == 1
+    assert NEW in err
+    assert overlay.read_bytes() == before
+
+
+def test_green_without_a_question_set_is_not_gated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert release.main(["green", NEW, "--force"]) == 0
+    assert traffic() == [(OLD, 100, "current"), (NEW, 0, "green")]
+    assert capsys.readouterr().err == UNGATED
+
+
+def test_a_question_set_without_a_store_is_refused(
+    overlay: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAG_EVAL_QUESTIONS", str(QUESTIONS))
+    monkeypatch.delenv("RAG_STORE_URI", raising=False)
+    before = overlay.read_bytes()
+    assert release.main(["green", NEW]) == 1
+    assert capsys.readouterr() == (
+        "",
+        "refused: RAG_EVAL_QUESTIONS is set but RAG_STORE_URI is not: the quality gate reads"
+        " both indexes from the store (set it, or unset RAG_EVAL_QUESTIONS to deploy ungated)\n",
+    )
+    assert overlay.read_bytes() == before
+
+
+def test_a_green_refused_by_its_checks_evaluates_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A question set that cannot be read: the step's own refusal comes first, and alone.
+    monkeypatch.setenv("RAG_EVAL_QUESTIONS", str(ROOT / "no-such-questions.json"))
+    monkeypatch.setenv("RAG_STORE_URI", str(ROOT / "no-such-store"))
+    assert release.main(["green", OLD]) == 1
+    assert capsys.readouterr() == (
+        "",
+        f"refused: {OLD} is the current revision, already serving; nothing to roll out\n",
+    )
