@@ -5,8 +5,8 @@
 
 Publishes the benchmark's synthetic corpus (the Ollama double's vectors: uniform on the sphere,
 the hard case for an approximate index) into a local store, loads it into PostgreSQL with the
-builder's own loader (``index_builder.publish.load``: one transaction, binary COPY, HNSW m 16,
-ef_construction 64, ``vector_ip_ops``), then asks the same queries of both: the exact top 10 from
+builder's own loader (``index_builder.publish.load``: one transaction, binary COPY, HNSW m 32,
+ef_construction 200, ``vector_ip_ops``), then asks the same queries of both: the exact top 10 from
 ``SearchIndex``, and the function's own search (``PostgresSearcher``) at each
 ``RAG_POSTGRES_EF_SEARCH``; then the same queries with a filter that admits every chunk, which
 the function answers exactly (a sequential scan).

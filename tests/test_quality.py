@@ -43,6 +43,7 @@ pytestmark = pytest.mark.semantic
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "tests" / "data" / "questions.json"
+COUNT = len(json.loads(QUESTIONS.read_text())["questions"])
 ORCHARD = [
     "harvest",
     "orchard",
@@ -332,7 +333,7 @@ def test_a_rebuild_of_unrelated_text_is_refused_and_stays_published(
     )
     assert status == 0, err
     serving = out.strip()
-    assert "quality gate (mrr at k=10, tolerance 0.02; 28 questions" in err
+    assert f"quality gate (mrr at k=10, tolerance 0.02; {COUNT} questions" in err
     assert "passed: no serving index to compare with" in err
     _replace_half(docs)
     with sink() as (url, received):
@@ -358,7 +359,7 @@ def test_a_rebuild_of_unrelated_text_is_refused_and_stays_published(
     assert quality["metric"] == "mrr"
     assert quality["candidate"]["index_id"] == candidate
     assert quality["serving"]["mrr"] - quality["candidate"]["mrr"] > 0.2
-    assert quality["questions"]["count"] == 28
+    assert quality["questions"]["count"] == COUNT
 
     # Promoting it is gated too; --force moves the channel, and says it overrode the gate.
     status, _, err = cli("promote", "--channel", "stable", "--index", candidate)
@@ -409,7 +410,7 @@ def test_eval_prints_json_off_a_terminal_and_a_table_on_request(cli: Any, docs: 
     status, out, err = cli("eval", "stable", "--k", "3")
     assert status == 0, err
     evaluation = Evaluation.model_validate_json(out)
-    assert (evaluation.index_id, evaluation.k, evaluation.questions) == (index_id, 3, 28)
+    assert (evaluation.index_id, evaluation.k, evaluation.questions) == (index_id, 3, COUNT)
     assert 0.8 <= evaluation.hit_rate <= 1
     assert 0 < evaluation.mrr <= evaluation.hit_rate
     status, out, err = cli("eval", index_id, "--k", "3", "--format", "table")
@@ -418,7 +419,7 @@ def test_eval_prints_json_off_a_terminal_and_a_table_on_request(cli: Any, docs: 
         f"hit rate {evaluation.hit_rate:.4f}   MRR {evaluation.mrr:.4f}   "
         "(read back from the store)"
     )
-    assert len(out.splitlines()) == 28 + 3
+    assert len(out.splitlines()) == COUNT + 3
 
 
 def test_eval_without_a_question_set_is_a_clear_error(
