@@ -2,6 +2,8 @@
 
     dev.knative-rag.query.request    data: a /query body   -> reply dev.knative-rag.query.response
     dev.knative-rag.index.published  data: {index_id, channel, manifest_sha256, ...} (builder)
+    dev.knative-rag.index.promotion-refused  data: {index_id, channel, serving, quality, ...}
+                                     (builder; the quality gate kept the channel: not taken here)
 
 The content mode is the Content-Type's, case-insensitively and whatever its parameters, as the
 HTTP binding (1.0.2, section 3) says: ``application/cloudevents-batch+json`` is a batch (JSON

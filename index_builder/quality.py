@@ -37,7 +37,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,7 +47,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from functions.artifact import Manifest, NodeRecord
 from functions.catalog import index_key, is_index_id, read_pointer
 from functions.embeddings import Embedder, make_embedder
-from functions.errors import ConfigurationError, ObjectNotFound, WriteConflict
+from functions.errors import (
+    ConfigurationError,
+    ObjectNotFound,
+    RagError,
+    StoreError,
+    WriteConflict,
+)
 from functions.loader import check_model
 from functions.settings import Settings
 from functions.storage import Store, open_store
@@ -61,10 +67,12 @@ __all__ = [
     "Evaluation",
     "Evaluator",
     "Gate",
+    "GateUnavailable",
     "PromotionRefused",
     "Question",
     "QuestionSet",
     "artifact_evaluator",
+    "backend_label",
     "decide",
     "draft_questions",
     "figures",
@@ -250,12 +258,16 @@ class Evaluator:
         *,
         k: int = 10,
         probe_min_cosine: float = 0.99,
+        label: str | None = None,
     ) -> None:
         if not 1 <= k <= 100:
             raise ConfigurationError(f"k must be 1 to 100, not {k}")
         self.store = store
         self.questions = questions
         self.backend = backend
+        # What the figures depend on besides the index: the backend and how it searches
+        # (``backend_label``); part of the stored result's key.
+        self.label = label or backend.name
         self.k = k
         self.probe_min_cosine = probe_min_cosine
         self._embedder_for = embedder_for
@@ -267,9 +279,11 @@ class Evaluator:
 
     def close(self) -> None:
         """Close the backend's connections (and remove downloaded files)."""
-        self.backend.close()
-        if self.on_close is not None:
-            self.on_close()
+        try:
+            self.backend.close()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
     def index_of(self, name: str) -> str:
         """An index id as given, or the index the store's channel ``name`` points at."""
@@ -279,22 +293,41 @@ class Evaluator:
         """The question set's figures on the index ``name`` names (an id or a channel): read
         back where they were stored, else computed and stored."""
         index_id = self.index_of(name)
-        key = result_key(index_id, self.questions.sha256, self.backend.name, self.k)
+        key = result_key(index_id, self.questions.sha256, self.label, self.k)
+        replace = False
         try:
             stored = Evaluation.model_validate_json(self.store.get(key).data)
         except ObjectNotFound:
             pass
         except ValidationError:
             logger.warning("stored evaluation %s is unreadable: evaluating again", key)
+            replace = True
         else:
             if (stored.index_id, stored.questions_sha256) == (index_id, self.questions.sha256):
                 return stored
             logger.warning("stored evaluation %s is of another index or set: evaluating again", key)
+            replace = True
         evaluation = self._compute(index_id)
-        # Create-only: a concurrent evaluation of the same index may have stored it first.
-        with suppress(WriteConflict):
-            self.store.put(key, evaluation.model_dump_json(indent=1).encode(), if_none_match=True)
+        self._keep(key, evaluation, replace=replace)
         return evaluation
+
+    def _keep(self, key: str, evaluation: Evaluation, *, replace: bool) -> None:
+        """Store the figures beside their index: only where the store holds the index (an index
+        only in Elasticsearch or PostgreSQL, or deleted meanwhile, would leave a folder gc never
+        sees), create-only unless a broken copy is replaced; a store that refuses the write
+        (read-only credentials) costs the reuse, not the evaluation."""
+        data = evaluation.model_dump_json(indent=1).encode()
+        try:
+            self.store.get(index_key(evaluation.index_id))
+            self.store.put(key, data, if_none_match=not replace)
+        except ObjectNotFound:
+            logger.warning(
+                "index %s is not in the store: its figures are not kept", evaluation.index_id
+            )
+        except WriteConflict:  # a concurrent evaluation of the same index stored it first
+            pass
+        except StoreError as exc:
+            logger.warning("figures of %s not stored: %s", evaluation.index_id, exc.message)
 
     def _compute(self, index_id: str) -> Evaluation:
         started = time.perf_counter()
@@ -309,7 +342,7 @@ class Evaluator:
         count = len(results)
         return Evaluation(
             index_id=index_id,
-            backend=self.backend.name,
+            backend=self.label,
             model=f"{manifest.embedding.provider}:{manifest.embedding.model}",
             k=self.k,
             questions_sha256=self.questions.sha256,
@@ -375,7 +408,7 @@ class Decision(BaseModel):
     serving: Evaluation | None
 
     def event_data(self) -> dict[str, Any]:
-        """What the index.published (or index.promotion.refused) event says of the gate."""
+        """What the index.published (or index.promotion-refused) event says of the gate."""
         return {
             "decision": "passed" if self.passed else "refused",
             "reason": self.reason,
@@ -409,6 +442,14 @@ def figures(decision: Decision) -> str:
                 f"{evaluation.hit_rate:8.4f} {evaluation.mrr:8.4f}"
             )
     return "\n".join(lines)
+
+
+class GateUnavailable(RagError):
+    """The gate could not evaluate an index (a model server down, a model that fails its
+    probe, an index missing from the backend): the channel does not move."""
+
+    status = 503
+    title = "Quality gate unavailable"
 
 
 class PromotionRefused(Exception):
@@ -479,7 +520,18 @@ def make_evaluator(
         embedder_for,
         k=k,
         probe_min_cosine=settings.probe_min_cosine,
+        label=backend_label(settings),
     )
+
+
+def backend_label(settings: Settings) -> str:
+    """The serving backend and the settings its ranking depends on: figures measured under one
+    label are not reused under another (``artifact`` is the exact search)."""
+    if settings.backend == "elasticsearch":
+        return f"elasticsearch-{settings.retrieval}-nc{settings.elasticsearch_num_candidates}"
+    if settings.backend == "postgres":
+        return f"postgres-ef{settings.postgres_ef_search}"
+    return "artifact"
 
 
 def artifact_evaluator(
@@ -516,8 +568,17 @@ class ChannelGate:
         self.decision: Decision | None = None
 
     def __call__(self, channel: str, candidate: Manifest, serving: str | None) -> None:
-        figures = self.evaluator.evaluate(candidate.index_id)
-        now = self.evaluator.evaluate(serving) if serving is not None else None
+        try:
+            figures = self.evaluator.evaluate(candidate.index_id)
+            now = self.evaluator.evaluate(serving) if serving is not None else None
+        except RagError as exc:
+            if not self.enforce:
+                logger.warning("quality gate could not evaluate (moving on: --force): %s", exc)
+                return
+            raise GateUnavailable(
+                f"quality gate could not evaluate, so channel {channel} was not moved to "
+                f"{candidate.index_id}, which stays published: {exc.message}"
+            ) from exc
         self.decision = decide(self.gate, figures, now)
         logger.info("quality gate for %s: %s", channel, self.decision.reason)
         if self.enforce and not self.decision.passed:

@@ -119,23 +119,28 @@ def test_relevance_by_source_or_document_id_and_by_span() -> None:
     assert not Question(question="q", sources=["other.pdf"], text="at most 50").relevant(record)
 
 
-@given(st.lists(st.booleans(), max_size=12))
-def test_scores_are_llamaindex_hit_rate_and_mrr_definitions(relevant: list[bool]) -> None:
-    question = Question(question="q", sources=["yes.md"])
+@given(st.lists(st.sampled_from(["a.md", "b.md", "c.md", "d.md#1"]), max_size=12))
+def test_scores_equal_llamaindex_metrics_on_every_relevant_chunk_id(sources: list[str]) -> None:
+    """Ours give every relevant chunk one id; LlamaIndex's metrics, given each relevant chunk's
+    own id as expected (as RetrieverEvaluator users pass them), must agree."""
+    from llama_index.core.evaluation.retrieval.metrics import MRR, HitRate
+
+    question = Question(question="q", sources=["a.md", "d.md#1"])
     records = [
-        NodeRecord(
-            f"n{i}",
-            "yes.md" if hit else f"no{i}.md",
-            "text",
-            {"source": "yes.md" if hit else f"no{i}.md"},
-        )
-        for i, hit in enumerate(relevant)
+        NodeRecord(f"n{i}", source, "text", {"source": source.split("#")[0]})
+        for i, source in enumerate(sources)
     ]
     scored = score(question, records)
-    first = relevant.index(True) + 1 if True in relevant else None
-    assert scored.hit == (1.0 if first else 0.0)
-    assert scored.reciprocal_rank == (1 / first if first else 0.0)
-    assert scored.rank == first
+    expected = [r.id for r in records if question.relevant(r)] or ["none"]
+    retrieved = [r.id for r in records]
+    if retrieved:
+        assert scored.hit == HitRate().compute(expected_ids=expected, retrieved_ids=retrieved).score
+        assert (
+            scored.reciprocal_rank
+            == MRR().compute(expected_ids=expected, retrieved_ids=retrieved).score
+        )
+    else:
+        assert (scored.hit, scored.reciprocal_rank, scored.rank) == (0.0, 0.0, None)
 
 
 # -- the gate's arithmetic -----------------------------------------------------------------
@@ -369,6 +374,7 @@ def test_a_rebuild_of_unrelated_text_is_refused_and_stays_published(
     status, out, err = cli("promote", "--channel", "stable", "--index", candidate, "--force")
     assert status == 0, err
     assert "REFUSED" in err
+    assert f"quality gate overridden by --force: channel stable moved to {candidate}" in err
     assert out.strip() == f"channel stable -> {candidate}"
     assert read_pointer(store, "stable").index_id == candidate
 
@@ -511,13 +517,17 @@ def test_the_same_evaluation_through_postgresql(
 ) -> None:
     monkeypatch.setenv("RAG_POSTGRES_SCHEMA", pg_schema)
     target = ("--postgres", postgres.dsn)
-    status, out, err = cli(*target, "build", "--source", str(docs))
+    build = ("build", "--source", str(docs), "--channel", "stable", "--create-channel")
+    status, out, err = cli(*target, *build)
     assert status == 0, err
     index_id = out.strip()
+    # The gate evaluated it where it is served: PostgreSQL, at the configured ef_search.
+    assert f"{COUNT} questions, set" in err
+    assert "postgres-ef500): passed" in err
     artifact = _figures_by(cli, index_id)
     served = _figures_by(cli, index_id, *target)
-    assert (artifact.backend, served.backend) == ("artifact", "postgres")
-    # 67 chunks: HNSW finds the exact neighbours, so every question ranks alike.
+    assert (artifact.backend, served.backend) == ("artifact", "postgres-ef500")
+    # 70 chunks: HNSW finds the exact neighbours, so every question ranks alike.
     assert [r.rank for r in served.results] == [r.rank for r in artifact.results]
     assert (served.hit_rate, served.mrr) == (artifact.hit_rate, artifact.mrr)
 
@@ -539,7 +549,7 @@ def test_the_same_evaluation_through_elasticsearch(
         index_id = out.strip()
         artifact = _figures_by(cli, index_id)
         served = _figures_by(cli, index_id, *target)
-        assert served.backend == "elasticsearch"
+        assert served.backend == "elasticsearch-dense-nc1000"
         assert [r.rank for r in served.results] == [r.rank for r in artifact.results]
         assert (served.hit_rate, served.mrr) == (artifact.hit_rate, artifact.mrr)
     finally:
@@ -547,3 +557,52 @@ def test_the_same_evaluation_through_elasticsearch(
             found = es.get(f"/{prefix}-*").json()
             if found:
                 es.delete(f"/{','.join(found)}").raise_for_status()
+
+
+def test_a_gate_that_cannot_evaluate_moves_nothing_and_force_moves_on(
+    cli: Any, docs: Path, ollama: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving index was built with a model whose server is gone (a change of embedding
+    model): the gate cannot score it, so the channel stays, unless forced."""
+    monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+    status, out, err = cli(
+        "build",
+        "--source",
+        str(docs),
+        "--channel",
+        "stable",
+        "--create-channel",
+        "--embed-provider",
+        "ollama",
+        "--embed-model",
+        "nomic-embed-text",
+    )
+    assert status == 0, err
+    serving = out.strip()
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    status, _, err = cli("build", "--source", str(docs), "--channel", "stable")
+    assert status == 1
+    assert "error: Quality gate unavailable: quality gate could not evaluate, so channel " in err
+    store = open_store(cli.store)
+    assert read_pointer(store, "stable").index_id == serving
+    status, out, err = cli("build", "--source", str(docs), "--channel", "stable", "--force")
+    assert status == 0, err
+    assert "quality gate could not evaluate (moving on: --force)" in err
+    assert read_pointer(store, "stable").index_id == out.strip()
+
+
+def test_a_forced_build_past_a_refusal_announces_it(
+    cli: Any, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("build", "--source", str(docs), "--channel", "stable", "--create-channel")[0] == 0
+    _replace_half(docs)
+    with sink() as (url, received):
+        monkeypatch.setenv("K_SINK", url)
+        status, out, err = cli("build", "--source", str(docs), "--channel", "stable", "--force")
+    assert status == 0, err
+    assert f"quality gate overridden by --force: channel stable moved to {out.strip()}" in err
+    (event,) = received
+    assert event.get_type() == INDEX_PUBLISHED
+    quality = event.get_data()["quality"]
+    assert quality["decision"] == "refused"
+    assert quality["forced"] is True
