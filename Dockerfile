@@ -10,6 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY functions ./functions
 COPY index_builder ./index_builder
+COPY function ./function
 # Behind a TLS-intercepting proxy, hand its CA bundle in as the BuildKit secret "pip_cert";
 # without the secret the build is unchanged.
 RUN --mount=type=secret,id=pip_cert,required=false \
@@ -29,9 +30,10 @@ RUN --mount=type=secret,id=pip_cert,required=false \
     # Precompile once here: the root filesystem is read-only at run time. Third-party packages
     # ship as bytecode only (their sources are half the image); ours keep their sources.
     && site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-    && /opt/venv/bin/python -m compileall -q -b -j 0 -x '/(functions|index_builder)/' "$site" \
-    && find "$site" -name '*.py' -not -path "$site/functions/*" -not -path "$site/index_builder/*" -delete \
-    && /opt/venv/bin/python -m compileall -q -j 0 "$site/functions" "$site/index_builder" \
+    && /opt/venv/bin/python -m compileall -q -b -j 0 -x '/(functions|index_builder|function)/' "$site" \
+    && find "$site" -name '*.py' -not -path "$site/functions/*" -not -path "$site/index_builder/*" \
+         -not -path "$site/function/*" -delete \
+    && /opt/venv/bin/python -m compileall -q -j 0 "$site/functions" "$site/index_builder" "$site/function" \
     # botocore carries the API models of ~450 AWS services; the function and the builder call
     # S3, and the credential chain may call STS (IRSA, assume-role) and SSO.
     && for d in "$site"/botocore/data/*/; do \

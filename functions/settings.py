@@ -8,6 +8,7 @@ itself; the S3 client takes its region from ``AWS_REGION`` first (``functions.s3
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -335,6 +336,36 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("K_REVISION"),
         description="Knative revision name, if any.",
     )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings ``environ`` holds, read exactly as from the process's environment:
+        Knative Functions hands ``start(cfg)`` a copy of it, which is the configuration to use.
+        """
+        from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
+        from pydantic_settings.sources.utils import parse_env_vars
+
+        class Given(EnvSettingsSource):
+            def _load_env_vars(self) -> Mapping[str, str | None]:
+                return parse_env_vars(
+                    environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+                )
+
+        class FromEnviron(cls):  # type: ignore[valid-type,misc]
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                del env_settings, dotenv_settings, file_secret_settings  # the process's own
+                return (init_settings, Given(settings_cls))
+
+        settings: Settings = FromEnviron()
+        return settings
 
 
 def api_keys(settings: Settings) -> list[str]:

@@ -166,9 +166,9 @@ def test_the_image_ships_exactly_the_locked_dependencies(image: str) -> None:
         check=True,
     )
     installed = {(canonicalize_name(name), version) for name, version in json.loads(done.stdout)}
-    assert ("knative-rag", "0.1.0") in installed
+    assert ("function", "0.1.0") in installed  # knative-rag: the name func requires
     pins = {(pin.name, pin.version) for pin in locked()}
-    assert installed - {("knative-rag", "0.1.0")} <= pins  # nothing unlocked got in
+    assert installed - {("function", "0.1.0")} <= pins  # nothing unlocked got in
     unconditional = {(pin.name, pin.version) for pin in locked() if pin.marker is None}
     assert unconditional <= installed  # and nothing locked is missing
 
@@ -200,6 +200,37 @@ def test_function_serves_under_the_strictest_runtime(
     # The engine itself writes /etc (passwd entry for the uid, hosts) before our process starts.
     paths = {line.split()[1] for line in changed.stdout.splitlines()}
     assert paths <= {"/etc"}, paths
+
+
+def test_the_image_serves_the_knative_function_too(
+    image: str, published: tuple[str, str], ollama: Ollama, s3_endpoint: str
+) -> None:
+    """``functions.knative_function``: the function on func-python, as func deploys it, from
+    the same image, under the same strict runtime."""
+    name, port = f"rag-func-{uuid.uuid4().hex[:8]}", _free_port()
+    env = {
+        "RAG_STORE_URI": published[0],
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "OLLAMA_HOST": ollama.url,
+        "RAG_LLM_PROVIDER": "none",
+    }
+    command = [*RUN, "-d", *_strict(name, port, env), image, "functions.knative_function"]
+    subprocess.run(command, check=True, capture_output=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 90
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                try:
+                    status = client.get("/health/readiness").status_code
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            assert status == 200
+            response = client.post("/query", json={"query": "rivers", "mode": "retrieve"})
+            assert response.status_code == 200
+            assert response.headers["x-index-id"] == published[1]
+    finally:
+        subprocess.run([ENGINE, "rm", "-f", name], capture_output=True, check=False)
 
 
 def test_sigterm_drains_the_request_in_flight(

@@ -112,7 +112,8 @@ def test_the_sbom_names_exactly_what_is_locked(tmp_path: Path) -> None:
     bom = json.loads(out.read_text())
     assert bom["bomFormat"] == "CycloneDX"
     root = bom["metadata"]["component"]
-    assert (root["name"], root["version"]) == ("knative-rag", "0.1.0")
+    # knative-rag, under the project name Knative Functions requires (pyproject.toml).
+    assert (root["name"], root["version"]) == ("function", "0.1.0")
     components = {(canonicalize_name(c["name"]), c["version"]) for c in bom["components"]}
     assert components == {(p.name, p.version) for p in locked()}
     for component in bom["components"]:
