@@ -9,9 +9,9 @@ container's default command (``python -m functions``), func-python is what ``fun
 (func's scaffolding runs ``func_python.http.serve(new)``; ``python -m functions.knative_function``
 runs the same). Each run is timed from the spawn to the first 200 of a retrieve query, with its
 readiness probe's 200 (``/readyz`` under uvicorn, ``/health/readiness`` under func-python) and
-the phases the function reports in ``/readyz``. Both download the whole index from moto
-(RAG_ON_DEMAND off: moto reads a whole object per ranged GET). Prints the medians and saves
-bench/func_cold_start.json.
+the phases the function reports in ``/readyz``. Both download the whole index from moto, one
+stream per file, as ``bench/run.py`` (RAG_ON_DEMAND off, RAG_DOWNLOAD_CONCURRENCY 1: moto reads
+a whole object per ranged GET). Prints the medians and saves bench/func_cold_start.json.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def main() -> None:
                 "OLLAMA_HOST": ollama,
                 "RAG_LLM_PROVIDER": "none",
                 "RAG_LOG_LEVEL": "WARNING",
+                # As bench/run.py: moto re-reads a whole object for every ranged GET, so one
+                # stream per file is the fast way there (on S3 it is the other way round).
+                "RAG_DOWNLOAD_CONCURRENCY": "1",
             }
             for chunks in args.chunks:
                 store_uri = f"s3://func-bench/c{chunks}"
