@@ -178,6 +178,11 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # The same probes at the paths a Knative Function's Service probes (func.yaml's
+    # healthEndpoints): func-python answers them itself, uvicorn (this image's default
+    # command, which `func deploy --image` runs) through these.
+    app.add_api_route("/health/liveness", healthz, methods=["GET"], include_in_schema=False)
+
     @app.get(
         "/readyz",
         summary="Readiness: 200 once the index is loaded and verified, else 503.",
@@ -214,6 +219,8 @@ def create_app(settings: Settings, *, loader: IndexLoader | None = None) -> Fast
                 **({"on_demand_reads": {"gets": cold.gets, "bytes": cold.bytes}} if cold else {}),
             }
         )
+
+    app.add_api_route("/health/readiness", readyz, methods=["GET"], include_in_schema=False)
 
     def render(result: QueryResult) -> dict[str, Any]:
         return QueryResponse.model_validate(result, from_attributes=True).model_dump(mode="json")

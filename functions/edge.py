@@ -26,6 +26,8 @@ access = logging.getLogger("functions.access")
 errors = logging.getLogger("functions.errors")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes that succeed are not logged.
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics", "/health/liveness", "/health/readiness"})
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -100,7 +102,7 @@ class Edge:
             method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.duration.labels(template, method).observe(seconds)
-            if template not in ("/healthz", "/readyz", "/metrics") or status >= 400:
+            if template not in _QUIET or status >= 400:
                 access.info(
                     "%s %s %d %.1f ms",
                     method,

@@ -43,7 +43,8 @@ __all__ = [
     "is_json",
 ]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# /health/liveness and /health/readiness: the same probes at the paths Knative Functions uses.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/health/liveness", "/health/readiness"})
 # Set by ``ApiKeys`` in the request state of the open paths: whether a valid key came with it.
 AUTHORIZED = "api_key_valid"
 

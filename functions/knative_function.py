@@ -19,8 +19,10 @@ request to ``handle``. So, with what ``python -m functions`` does on each:
   requests in flight have finished, as after SIGTERM under uvicorn; then the loader closes.
 
 hypercorn waits for requests in flight up to its ``graceful_timeout`` (3 s by default), which
-``new`` raises to ``RAG_REQUEST_TIMEOUT_S`` plus a margin, the longest a query may take; its
-error log goes through our redacting handler instead of one of its own.
+``start`` raises to ``RAG_REQUEST_TIMEOUT_S`` plus a margin, the longest a query may take; its
+error log goes through our redacting handler instead of one of its own. ``RAG_HEADER_TIMEOUT_S``
+and ``RAG_MAX_CONNECTIONS`` are uvicorn's (``functions.connections``): under func-python,
+hypercorn's own keep-alive timeout (5 s) and request-head size bound (16 KiB) apply.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import time
 
 _STARTED = time.time()  # for the cold-start figures, as in functions.__main__
 
-import contextlib  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Function", "new"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("functions.knative_function")  # also when run as __main__
 _DRAIN_MARGIN_S = 10.0  # beyond the longest query, for its response to be written
 
 
@@ -57,31 +58,37 @@ class Function:
 
     def start(self, cfg: Mapping[str, str]) -> None:
         """Read the settings from ``cfg``, start loading the index, build the app. Returns at
-        once: the server answers the health probes while the index loads."""
+        once: the server answers the health probes while the index loads. Whatever fails here
+        ends the process with its reason: hypercorn would otherwise log one line and serve on
+        without the app, unready until Knative's progress deadline."""
+        try:
+            self._start(cfg)
+        except Exception as exc:
+            from .errors import RagError
+
+            if isinstance(exc, RagError):
+                _exit(exc.message)
+            if isinstance(exc, ValueError):  # pydantic's ValidationError: a wrong setting
+                _exit(" ".join(str(exc).split()))
+            logger.exception("the function could not start")
+            _exit(f"could not start: {type(exc).__name__}: {exc}")
+
+    def _start(self, cfg: Mapping[str, str]) -> None:
         from .composition import compose
-        from .errors import ConfigurationError
         from .logs import configure
         from .settings import Settings, api_keys
 
-        try:
-            settings = Settings.from_environ(cfg)
-            secrets = api_keys(settings)
-        except (ConfigurationError, ValueError) as exc:  # pydantic's ValidationError is one
-            _exit(getattr(exc, "message", None) or " ".join(str(exc).split()))
+        settings = Settings.from_environ(cfg)
+        secrets = api_keys(settings)
         # func-python's basicConfig and hypercorn's handler are replaced: one redacted line each.
         configure(settings.log_level, secrets=secrets, log_format=settings.log_format, replace=True)
-        try:
-            loader = compose(settings, started_at=_STARTED)
-        except ConfigurationError as exc:
-            _exit(exc.message)
+        _tune_server(settings.request_timeout_s)
+        loader = compose(settings, started_at=_STARTED)
         loader.start()
         from .app import create_app
 
         loader.timings["imports"] = time.time() - _STARTED
-        try:
-            self.app = create_app(settings, loader=loader)
-        except ConfigurationError as exc:
-            _exit(exc.message)
+        self.app = create_app(settings, loader=loader)
         self.loader = loader
         threading.Thread(
             target=self._watchdog,
@@ -133,18 +140,24 @@ def new() -> Function:
     """The function instance ``func``'s scaffolding serves (``func_python.http.serve(new)``)."""
     try:
         import hypercorn.config
-    except ImportError:  # served some other way: nothing to tune
+    except ImportError:  # served some other way
         return Function()
-    from .settings import Settings
-
-    # func-python builds hypercorn's Config itself; its class defaults are the only knobs.
-    # Requests in flight at SIGTERM may take as long as a query's deadline.
-    deadline = Settings.model_fields["request_timeout_s"].default
-    with contextlib.suppress(ValueError):  # start() refuses such a setting with its reason
-        deadline = float(os.environ.get("RAG_REQUEST_TIMEOUT_S", deadline))
-    hypercorn.config.Config.graceful_timeout = deadline + _DRAIN_MARGIN_S
+    # func-python builds hypercorn's Config itself, before start(): its class defaults are the
+    # only knobs. Its error log goes through our handler instead of a second one of its own.
     hypercorn.config.Config.errorlog = logging.getLogger("hypercorn.error")
     return Function()
+
+
+def _tune_server(request_timeout_s: float) -> None:
+    """hypercorn's drain from the settings (read at shutdown, so set before it): requests in
+    flight at SIGTERM may take a query's deadline to finish. Not its ``read_timeout``: that
+    bounds every read of a connection, so it would cut a client waiting for a long answer; the
+    head deadline and connection bound of ``functions.connections`` are uvicorn's only."""
+    try:
+        import hypercorn.config
+    except ImportError:
+        return
+    hypercorn.config.Config.graceful_timeout = request_timeout_s + _DRAIN_MARGIN_S
 
 
 def _exit(reason: str) -> NoReturn:

@@ -77,13 +77,23 @@ def test_func_yaml_deploys_what_the_kustomize_service_deploys() -> None:
     deploy, run = func["deploy"], func["run"]
     scale = deploy["options"]["scale"]
     assert func["name"] == service["metadata"]["name"]
+    # func puts deploy.annotations on the Service's metadata too, where Knative refuses the
+    # autoscaling ones: the scale goes through func's options, and matches the base's.
+    assert not any(
+        key.startswith("autoscaling.knative.dev/") for key in deploy.get("annotations", {})
+    )
     assert {
         "autoscaling.knative.dev/min-scale": str(scale["min"]),
         "autoscaling.knative.dev/max-scale": str(scale["max"]),
         "autoscaling.knative.dev/metric": scale["metric"],
         "autoscaling.knative.dev/target": str(scale["target"]),
-        **deploy["annotations"],
-    } == annotations
+    } == {
+        key: value
+        for key, value in annotations.items()
+        if key.split("/")[1] in ("min-scale", "max-scale", "metric", "target")
+    }
+    labels = {label["key"]: label["value"] for label in deploy["labels"]}
+    assert labels.items() <= template["metadata"]["labels"].items()
     resources = deploy["options"]["resources"]
     assert resources["requests"] == container["resources"]["requests"]
     limits = dict(resources["limits"])
@@ -232,6 +242,10 @@ def test_ready_only_once_the_index_is_loaded_then_answers_as_under_uvicorn(
                     pass
                 time.sleep(0.05)
             reference = uvicorn.post("/query", json=body)
+            # The probe paths func.yaml gives Knative, served by the app under uvicorn too (the
+            # image's default command, which `func deploy --image` runs).
+            assert uvicorn.get("/health/liveness").json() == {"status": "ok"}
+            assert uvicorn.get("/health/readiness").json()["index_id"] == published.index_id
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -264,7 +278,8 @@ def test_ready_only_once_the_index_is_loaded_then_answers_as_under_uvicorn(
 
 def test_sigterm_drains_the_request_in_flight(served: Served, ollama: Ollama) -> None:
     assert served.readiness()[-1] == 200
-    ollama.double.latency_s = 2.0  # the query's embedding takes two seconds
+    # Longer than hypercorn's own drain (3 s), which start() raises to the query's deadline.
+    ollama.double.latency_s = 5.0
     answers: list[httpx.Response] = []
     request = threading.Thread(
         target=lambda: answers.append(
@@ -274,7 +289,7 @@ def test_sigterm_drains_the_request_in_flight(served: Served, ollama: Ollama) ->
     request.start()
     time.sleep(0.5)
     served.proc.send_signal(signal.SIGTERM)
-    request.join(timeout=30)
+    request.join(timeout=60)
     assert [answer.status_code for answer in answers] == [200]
     assert served.proc.wait(timeout=30) == 0
     with pytest.raises(httpx.TransportError):  # it took no new connection after the signal
@@ -350,3 +365,16 @@ def test_the_func_component_leaves_rag_query_to_func_and_keeps_what_it_needs(
     assert {o["metadata"].get("namespace") for o in objects} <= {namespace, None}
     assert ("ServiceAccount", func["deploy"]["serviceAccountName"]) in names(objects)
     assert ("ConfigMap", "rag-config") in names(objects)  # func.yaml imports it
+
+
+def test_start_reads_the_configuration_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings.from_environ: the cfg func-python hands start(), not the process environment."""
+    from functions.settings import Settings
+
+    monkeypatch.setenv("RAG_INDEX", "from-the-process")
+    monkeypatch.setenv("RAG_EVAL_K", "0")  # invalid in the process: must not matter
+    given = Settings.from_environ({"RAG_INDEX": "from-cfg", "OLLAMA_HOST": "http://o:1"})
+    assert (given.index, given.ollama_host, given.eval_k) == ("from-cfg", "http://o:1", 10)
+    assert Settings.from_environ({}).index == "stable"
+    with pytest.raises(ValueError, match="eval_k"):
+        Settings.from_environ({"RAG_EVAL_K": "0"})
