@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backends import ArtifactBackend, Backend, Searcher, require_store_uri
 from .catalog import is_index_id
@@ -21,6 +22,9 @@ from .loader import EmbedderFactory, IndexLoader
 from .service import Answerer, Observer, QueryService
 from .settings import Settings
 from .storage import Store, open_store
+
+if TYPE_CHECKING:
+    from llama_index.core.llms import LLM
 
 __all__ = ["MiB", "compose", "index_budget", "memory_limit"]
 
@@ -156,15 +160,21 @@ def _answerer_factory(settings: Settings) -> Callable[[Searcher, Embedder], Answ
     def make(index: Searcher, embedder: Embedder) -> Answerer:
         # LlamaIndex is imported here, after readiness (the warm-up thread), never on the
         # retrieve path.
-        from .engine import LlamaAnswerer, ollama_llm
+        from .engine import LlamaAnswerer
 
-        llm = ollama_llm(
-            settings.llm_model,
-            settings.ollama_host,
-            context_window=settings.llm_context_window,
-            timeout_s=settings.llm_timeout_s,
-            max_tokens=settings.llm_max_tokens,
-        )
-        return LlamaAnswerer(index, embedder, llm)
+        return LlamaAnswerer(index, embedder, configured_llm(settings))
 
     return make
+
+
+def configured_llm(settings: Settings) -> LLM:
+    """The Ollama LLM the settings name (``RAG_LLM_*``, ``OLLAMA_HOST``); imports LlamaIndex."""
+    from .engine import ollama_llm
+
+    return ollama_llm(
+        settings.llm_model,
+        settings.ollama_host,
+        context_window=settings.llm_context_window,
+        timeout_s=settings.llm_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+    )

@@ -713,7 +713,7 @@ def _draft(args: argparse.Namespace, settings: Settings, store: Store) -> None:
     from pathlib import Path
 
     from functions.catalog import fetch_artifact, read_manifest
-    from functions.engine import ollama_llm
+    from functions.composition import configured_llm
 
     from .quality import draft_questions
 
@@ -724,15 +724,12 @@ def _draft(args: argparse.Namespace, settings: Settings, store: Store) -> None:
     with tempfile.TemporaryDirectory(prefix="rag-questions-") as tmp:
         artifact = fetch_artifact(store, manifest, Path(tmp))
         records = [artifact.record(row) for row in range(len(artifact))]
-    llm = ollama_llm(
-        settings.llm_model,
-        settings.ollama_host,
-        context_window=settings.llm_context_window,
-        timeout_s=settings.llm_timeout_s,
-        max_tokens=settings.llm_max_tokens,
-    )
     drafted = draft_questions(
-        records, llm, index_id=manifest.index_id, count=args.count, per_chunk=args.per_chunk
+        records,
+        configured_llm(settings),
+        index_id=manifest.index_id,
+        count=args.count,
+        per_chunk=args.per_chunk,
     )
     with out.open("x", encoding="utf-8") as file:
         file.write(drafted.model_dump_json(indent=2, exclude_none=True) + "\n")

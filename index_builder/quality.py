@@ -25,6 +25,10 @@ stored beside the index, ``indexes/<id>/eval/v1/<set's sha256>-<backend>-k<k>.js
 ``decide`` is the gate: a candidate passes when its metric is at least the serving index's less
 the tolerance (equal passes) and at least the floor if one is given; figures are compared to
 1e-9, so a difference of exactly the tolerance passes.
+
+Over 400 lines: the question set's format, how a chunk is judged and scored, where the figures
+are stored and the gate that compares them are one contract (a stored figure is only as good as
+the judging that made it: ``SCORING``), and drafting writes that same format.
 """
 
 from __future__ import annotations

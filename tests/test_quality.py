@@ -1,6 +1,10 @@
 """The quality gate: question sets, evaluation (against LlamaIndex's own evaluator as the oracle),
 stored results, the gate's boundaries, and gated builds and promotions on the command line with
-the real all-MiniLM-L6-v2 over the repository's docs/ and its question set."""
+the real all-MiniLM-L6-v2 over the repository's docs/ and its question set.
+
+Over 400 lines: one module for the gate's whole path (set, scores, storage, decision, the CLI's
+builds, promotions and events, each backend), sharing the model and the built index it loads
+once."""
 
 from __future__ import annotations
 

@@ -1,3 +1,10 @@
+"""make release: every blue-green step on the prod overlay, its refusals, and the quality gate on
+green with two real indexes.
+
+Over 400 lines: each step's refusals are cases of one state machine, checked on the same
+release.yaml fixture; the gate's cases share the two indexes built once for the module.
+"""
+
 from __future__ import annotations
 
 import re
