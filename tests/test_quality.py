@@ -9,7 +9,6 @@ once."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.quality import replace_half
 from functions.artifact import NodeRecord
 from functions.catalog import fetch_artifact, read_manifest, read_pointer
 from functions.embeddings import LocalEmbedder
@@ -48,21 +48,6 @@ pytestmark = pytest.mark.semantic
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "tests" / "data" / "questions.json"
 COUNT = len(json.loads(QUESTIONS.read_text())["questions"])
-ORCHARD = [
-    "harvest",
-    "orchard",
-    "apple",
-    "pear",
-    "ripe",
-    "autumn",
-    "cider",
-    "barrel",
-    "press",
-    "branch",
-    "soil",
-    "rain",
-    "basket",
-]
 
 
 # -- question sets -------------------------------------------------------------------------
@@ -325,15 +310,6 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     return run
 
 
-def _replace_half(folder: Path) -> None:
-    """Every other document's text replaced by unrelated words (the wrong bulk upload)."""
-    for n, path in enumerate(sorted(folder.glob("*.md"))):
-        if n % 2:
-            rng = random.Random(path.name)
-            paragraphs = (" ".join(rng.choice(ORCHARD) for _ in range(120)) for _ in range(6))
-            path.write_text("\n\n".join(paragraphs) + "\n")
-
-
 def test_a_rebuild_of_unrelated_text_is_refused_and_stays_published(
     cli: Any, docs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -344,7 +320,7 @@ def test_a_rebuild_of_unrelated_text_is_refused_and_stays_published(
     serving = out.strip()
     assert f"quality gate (mrr at k=10, tolerance 0.02; {COUNT} questions" in err
     assert "passed: no serving index to compare with" in err
-    _replace_half(docs)
+    replace_half(docs)  # every other document: unrelated words
     with sink() as (url, received):
         monkeypatch.setenv("K_SINK", url)
         status, out, err = cli("build", "--source", str(docs), "--channel", "stable")
@@ -601,7 +577,7 @@ def test_a_forced_build_past_a_refusal_announces_it(
     cli: Any, docs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert cli("build", "--source", str(docs), "--channel", "stable", "--create-channel")[0] == 0
-    _replace_half(docs)
+    replace_half(docs)  # every other document: unrelated words
     with sink() as (url, received):
         monkeypatch.setenv("K_SINK", url)
         status, out, err = cli("build", "--source", str(docs), "--channel", "stable", "--force")
